@@ -1,0 +1,270 @@
+"""The five agent steps as Temporal activities, plus the run-status writer.
+
+Each agent runs in an activity because it does I/O (LLM, search, files, database); Temporal
+records its result, so a crashed worker resumes at the step it was in and finished steps are never
+run — or billed — again. Each activity: renders its prompt, calls the LLM while heartbeating (so a
+dead worker is noticed in seconds), classifies failures (`activities/errors.py`), writes its step
+row idempotently, and returns a bounded, typed result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import store
+from activities.errors import classify
+from activities.llm import LLMProvider, LLMRequest, LLMResponse
+from activities.prompts import render
+from activities.research import needs_research
+from activities.tools import ToolContext, ToolRegistry
+from activities.tools.files import parse_files
+from activities.tools.search import SearchOutcome
+from crewline.db import utcnow
+from crewline.settings import AGENTS, Settings
+
+# Outputs handed back to the workflow are stored in its history: keep them bounded. The full
+# text is in the step row.
+MAX_RESULT_CHARS = 16_000
+HEARTBEAT_EVERY_S = 2.0
+
+T = TypeVar("T")
+
+
+class AgentInput(BaseModel):
+    run_id: str
+    query: str
+    agent: str
+    context: dict[str, str] = {}
+    dry_run: bool = False
+
+
+class AgentResult(BaseModel):
+    agent: str
+    output: str
+    model: str
+    provider: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    usage_estimated: bool = False
+    scripted: bool = False
+    attempt: int = 1
+    notes: str | None = None
+    artifacts: list[str] = []
+    intents: list[dict[str, object]] = []
+
+
+class RunUpdate(BaseModel):
+    run_id: str
+    status: str
+    query: str | None = None
+    final_answer: str | None = None
+    error: str | None = None
+    failed_agent: str | None = None
+    cancelled_agent: str | None = None
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_RESULT_CHARS:
+        return text
+    return text[:MAX_RESULT_CHARS] + f"\n…[truncated, {len(text)} chars in total]"
+
+
+class AgentActivities:
+    def __init__(
+        self,
+        settings: Settings,
+        llm: LLMProvider,
+        engine: Engine,
+        tools: ToolRegistry,
+    ) -> None:
+        self._settings = settings
+        self._llm = llm
+        self._engine = engine
+        self._tools = tools
+
+    # ---- helpers --------------------------------------------------------------------------------
+    async def _db(self, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # SQLAlchemy is synchronous: keep it off the worker's event loop.
+        await asyncio.to_thread(fn, self._engine, *args, **kwargs)
+
+    async def _heartbeating(self, work: Awaitable[T]) -> T:
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
+                if done:
+                    return task.result()
+                activity.heartbeat()
+        finally:
+            task.cancel()
+
+    async def _call(self, inp: AgentInput, system: str, user: str) -> LLMResponse:
+        attempt = activity.info().attempt
+        model = self._settings.model_for(inp.agent)
+        await self._db(
+            store.upsert_step, inp.run_id, inp.agent,
+            position=AGENTS.index(inp.agent), status="RUNNING", attempt=attempt,
+            model=model, provider=self._llm.name, error=None,
+            started_at=utcnow(), finished_at=None,
+        )  # fmt: skip
+        request = LLMRequest(
+            agent=inp.agent,
+            model=model,
+            system=system,
+            user=user,
+            max_tokens=self._settings.llm_max_tokens,
+        )
+        try:
+            return await self._heartbeating(self._llm.complete(request))
+        except asyncio.CancelledError:
+            await self._db(store.upsert_step, inp.run_id, inp.agent, status="CANCELLED")
+            raise
+        except Exception as exc:
+            error = classify(
+                exc,
+                agent=inp.agent,
+                provider=self._llm.name,
+                key_var=self._llm.key_var,
+                attempt=attempt,
+                base_s=self._settings.retry_base_s,
+                cap_s=self._settings.retry_cap_s,
+                secrets=self._llm.secrets(),
+            )
+            status = "FAILED" if error.non_retryable else "ERROR"
+            await self._db(store.upsert_step, inp.run_id, inp.agent, status=status, error=error.message)
+            activity.logger.warning("agent call failed", extra={"agent": inp.agent, "error": error.message})
+            # `from None`: the provider exception may echo request details; the classified
+            # message is the redacted, actionable one.
+            raise error from None
+
+    async def _finish(
+        self, inp: AgentInput, response: LLMResponse, output: str, **extra: object
+    ) -> AgentResult:
+        attempt = activity.info().attempt
+        notes = extra.get("notes")
+        await self._db(
+            store.upsert_step, inp.run_id, inp.agent,
+            status="COMPLETED", output=output, notes=notes, model=response.model,
+            prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
+            attempt=attempt, error=None, finished_at=utcnow(),
+        )  # fmt: skip
+        return AgentResult(
+            agent=inp.agent,
+            output=_bounded(output),
+            model=response.model,
+            provider=response.provider,
+            prompt_tokens=response.prompt_tokens,
+            completion_tokens=response.completion_tokens,
+            usage_estimated=response.usage_estimated,
+            scripted=response.scripted,
+            attempt=attempt,
+            **extra,  # type: ignore[arg-type]
+        )
+
+    # ---- the agents -----------------------------------------------------------------------------
+    @activity.defn(name="researcher")
+    async def research(self, inp: AgentInput) -> AgentResult:
+        wanted, why = needs_research(inp.query, self._settings.research_mode)
+        if wanted:
+            outcome: SearchOutcome = await self._tools.dispatch(
+                ToolContext(run_id=inp.run_id, dry_run=inp.dry_run),
+                "web_search",
+                query=inp.query,
+            )
+        else:
+            outcome = SearchOutcome(skipped_reason=f"no web search needed: {why}")
+        if outcome.hits:
+            results = "\n".join(f"- {h.title} ({h.url}): {h.snippet}" for h in outcome.hits)
+            notes = f"searched the web: {len(outcome.hits)} results"
+        else:
+            results = f"(none — {outcome.skipped_reason})"
+            notes = outcome.skipped_reason
+        prompt = render("researcher", query=inp.query, search_results=results)
+        response = await self._call(inp, prompt.system, prompt.user)
+        return await self._finish(inp, response, response.text, notes=notes)
+
+    @activity.defn(name="planner")
+    async def plan(self, inp: AgentInput) -> AgentResult:
+        prompt = render("planner", query=inp.query, research=inp.context.get("researcher", ""))
+        response = await self._call(inp, prompt.system, prompt.user)
+        return await self._finish(inp, response, response.text)
+
+    @activity.defn(name="executor")
+    async def execute(self, inp: AgentInput) -> AgentResult:
+        prompt = render("executor", query=inp.query, plan=inp.context.get("planner", ""))
+        response = await self._call(inp, prompt.system, prompt.user)
+        return await self._finish(inp, response, response.text)
+
+    @activity.defn(name="coder")
+    async def code(self, inp: AgentInput) -> AgentResult:
+        prompt = render(
+            "coder",
+            query=inp.query,
+            plan=inp.context.get("planner", ""),
+            architecture=inp.context.get("executor", ""),
+        )
+        response = await self._call(inp, prompt.system, prompt.user)
+        files = parse_files(response.text)
+        notes = None
+        if not files:
+            files = {"coder_answer.md": response.text}
+            notes = "the model did not use the FILE format; its whole answer was saved as one file"
+        ctx = ToolContext(run_id=inp.run_id, dry_run=inp.dry_run)
+        written = [
+            await self._tools.dispatch(ctx, "write_file", path=path, content=body)
+            for path, body in files.items()
+        ]
+        artifacts = [w for w in written if w is not None]
+        summary = "\n".join(f"- {p}" for p in files)
+        output = f"Wrote {len(files)} file(s):\n{summary}\n\n{response.text}"
+        return await self._finish(
+            inp, response, output, notes=notes, artifacts=artifacts, intents=ctx.intents
+        )
+
+    @activity.defn(name="finalizer")
+    async def finalize(self, inp: AgentInput) -> AgentResult:
+        prompt = render(
+            "finalizer",
+            query=inp.query,
+            plan=inp.context.get("planner", ""),
+            artifacts=inp.context.get("artifacts", "(none)"),
+            research=inp.context.get("researcher", ""),
+        )
+        response = await self._call(inp, prompt.system, prompt.user)
+        return await self._finish(inp, response, response.text)
+
+    # ---- run bookkeeping -------------------------------------------------------------------------
+    @activity.defn(name="record_run")
+    async def record_run(self, update: RunUpdate) -> None:
+        fields: dict[str, object] = {"status": update.status, "provider": self._llm.name}
+        for name in ("query", "final_answer", "error", "failed_agent"):
+            value = getattr(update, name)
+            if value is not None:
+                fields[name] = value
+        await self._db(store.update_run, update.run_id, **fields)
+        if update.failed_agent:
+            await self._db(
+                store.upsert_step, update.run_id, update.failed_agent,
+                position=AGENTS.index(update.failed_agent), status="FAILED",
+                error=update.error, finished_at=utcnow(),
+            )  # fmt: skip
+        if update.cancelled_agent:
+            await self._db(
+                store.upsert_step, update.run_id, update.cancelled_agent,
+                position=AGENTS.index(update.cancelled_agent), status="CANCELLED",
+                finished_at=utcnow(),
+            )  # fmt: skip
+
+    def all(self) -> list[object]:
+        """Every activity the worker registers (the tests' worker registers the same list)."""
+        return [
+            self.research, self.plan, self.execute, self.code, self.finalize, self.record_run
+        ]
+

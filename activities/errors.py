@@ -1,0 +1,130 @@
+"""Classify provider failures into retryable and permanent ones — Temporal is the one retry authority.
+
+Permanent (bad request, bad key, missing model, validation) → `ApplicationError(non_retryable=True)`
+with a message a user can act on. Transient (timeouts, connection errors, 408/409/429/5xx) →
+a retryable `ApplicationError` whose `next_retry_delay` is full-jitter exponential backoff, never
+sooner than the server's `Retry-After`. Messages never contain the API key.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import groq
+import openai
+from temporalio.exceptions import ApplicationError
+
+PERMANENT_STATUSES = {400, 401, 403, 404, 422}
+RETRYABLE_STATUSES = {408, 409, 429}
+TIMEOUT_ERRORS = (groq.APITimeoutError, openai.APITimeoutError, TimeoutError)
+CONNECTION_ERRORS = (groq.APIConnectionError, openai.APIConnectionError)
+STATUS_ERRORS = (groq.APIStatusError, openai.APIStatusError)
+
+
+class MalformedResponseError(Exception):
+    """The provider answered 2xx but not with a usable chat completion."""
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**(attempt-1)))."""
+    ceiling = min(cap_s, base_s * (2 ** max(attempt - 1, 0)))
+    return (rng or random).uniform(0, ceiling)
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms` or `retry-after`), if any."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            from crewline.db import utcnow
+
+            return max((parsedate_to_datetime(value) - utcnow()).total_seconds(), 0.0)
+        except (TypeError, ValueError):
+            return None
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text[:500]
+
+
+def classify(
+    exc: BaseException,
+    *,
+    agent: str,
+    provider: str,
+    key_var: str,
+    attempt: int,
+    base_s: float,
+    cap_s: float,
+    secrets: list[str],
+) -> ApplicationError:
+    """Turn a provider exception into the `ApplicationError` Temporal should see."""
+    where = f"{agent}: {provider}"
+    if isinstance(exc, STATUS_ERRORS):
+        status = exc.status_code
+        detail = _redact(str(getattr(exc, "message", exc)), secrets)
+        if status in (401, 403):
+            return ApplicationError(
+                f"{where}: {key_var} rejected ({status}); check the key. {detail}",
+                type="LLMAuthError",
+                non_retryable=True,
+            )
+        if status in PERMANENT_STATUSES:
+            return ApplicationError(
+                f"{where}: request rejected ({status}), not retried: {detail}",
+                type="LLMBadRequest",
+                non_retryable=True,
+            )
+        if status in RETRYABLE_STATUSES or status >= 500:
+            delay = backoff_delay(attempt, base_s, cap_s)
+            asked = retry_after_seconds(exc.response.headers)
+            if asked is not None:
+                delay = max(delay, asked)
+            return ApplicationError(
+                f"{where}: provider error ({status}), will retry in {delay:.1f}s: {detail}",
+                type="LLMTransient",
+                next_retry_delay=timedelta(seconds=delay),
+            )
+        return ApplicationError(
+            f"{where}: unexpected status {status}: {detail}", type="LLMBadRequest", non_retryable=True
+        )
+    delay = timedelta(seconds=backoff_delay(attempt, base_s, cap_s))
+    if isinstance(exc, TIMEOUT_ERRORS):
+        return ApplicationError(
+            f"{where}: call timed out", type="LLMTimeout", next_retry_delay=delay
+        )
+    if isinstance(exc, CONNECTION_ERRORS):
+        return ApplicationError(
+            f"{where}: provider unreachable (connection error)",
+            type="LLMUnreachable",
+            next_retry_delay=delay,
+        )
+    if isinstance(exc, MalformedResponseError):
+        return ApplicationError(
+            f"{where}: malformed response: {_redact(str(exc), secrets)}",
+            type="LLMMalformedResponse",
+            next_retry_delay=delay,
+        )
+    return ApplicationError(
+        f"{where}: {type(exc).__name__}: {_redact(str(exc), secrets)}",
+        type="LLMError",
+        next_retry_delay=delay,
+    )

@@ -1,0 +1,182 @@
+"""LLM providers behind one small interface: text in, text + token usage out.
+
+SDK clients are built with `max_retries=0`: Temporal owns retries (see `activities/errors.py`), so
+a failing call is retried with visible attempts in the workflow history instead of being hidden
+inside the SDK. Providers: `groq` (the groq SDK), `openai` (any OpenAI-compatible endpoint: Ollama,
+vLLM, LM Studio, llama.cpp) and `scripted` (canned offline answers, always labelled as such).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import groq
+import openai
+from pydantic import BaseModel
+
+from activities.errors import MalformedResponseError
+from crewline.settings import Settings
+
+SCRIPTED_LABEL = "[scripted offline provider: canned demo output, not a real model]"
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    agent: str
+    model: str
+    system: str
+    user: str
+    max_tokens: int
+    temperature: float = 0.2
+
+
+class LLMResponse(BaseModel):
+    text: str
+    model: str
+    provider: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    usage_estimated: bool = False
+    scripted: bool = False
+
+
+class LLMProvider(Protocol):
+    name: str
+    key_var: str
+
+    async def complete(self, request: LLMRequest) -> LLMResponse: ...
+
+    def secrets(self) -> list[str]: ...
+
+
+def _parse_completion(raw: Any, provider: str, fallback_model: str) -> LLMResponse:
+    """Pull text and usage out of an OpenAI-style chat completion, or say what is wrong."""
+    choices = getattr(raw, "choices", None)
+    if not choices:
+        raise MalformedResponseError("response has no choices")
+    message = getattr(choices[0], "message", None)
+    text = getattr(message, "content", None)
+    if not isinstance(text, str) or not text.strip():
+        raise MalformedResponseError("response has an empty message")
+    usage = getattr(raw, "usage", None)
+    return LLMResponse(
+        text=text,
+        model=getattr(raw, "model", None) or fallback_model,
+        provider=provider,
+        prompt_tokens=getattr(usage, "prompt_tokens", None),
+        completion_tokens=getattr(usage, "completion_tokens", None),
+    )
+
+
+def _messages(request: LLMRequest) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": request.system},
+        {"role": "user", "content": request.user},
+    ]
+
+
+class GroqProvider:
+    name = "groq"
+    key_var = "GROQ_API_KEY"
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.groq_api_key is not None
+        self._key = settings.groq_api_key.get_secret_value()
+        self._client = groq.AsyncGroq(
+            api_key=self._key,
+            base_url=settings.groq_base_url,
+            max_retries=0,
+            timeout=settings.llm_timeout_s,
+        )
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        try:
+            raw = await self._client.chat.completions.create(
+                model=request.model,
+                messages=_messages(request),  # type: ignore[arg-type]
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+            )
+        except groq.APIResponseValidationError as exc:
+            raise MalformedResponseError(str(exc)) from exc
+        return _parse_completion(raw, self.name, request.model)
+
+    def secrets(self) -> list[str]:
+        return [self._key]
+
+
+class OpenAICompatProvider:
+    name = "openai"
+    key_var = "LLM_API_KEY"
+
+    def __init__(self, settings: Settings) -> None:
+        # Local servers (Ollama, vLLM) ignore the key, but the SDK insists on one.
+        self._key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "unused"
+        self._client = openai.AsyncOpenAI(
+            api_key=self._key,
+            base_url=settings.llm_base_url,
+            max_retries=0,
+            timeout=settings.llm_timeout_s,
+        )
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        try:
+            raw = await self._client.chat.completions.create(
+                model=request.model,
+                messages=_messages(request),  # type: ignore[arg-type]
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+            )
+        except openai.APIResponseValidationError as exc:
+            raise MalformedResponseError(str(exc)) from exc
+        return _parse_completion(raw, self.name, request.model)
+
+    def secrets(self) -> list[str]:
+        return [self._key]
+
+
+class ScriptedProvider:
+    """Deterministic offline answers for tests and demos. Every answer carries `SCRIPTED_LABEL`."""
+
+    name = "scripted"
+    key_var = "LLM_PROVIDER"
+
+    def __init__(self, settings: Settings) -> None:
+        self._delay = settings.scripted_delay_s
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        from activities.scripted import scripted_answer
+
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        text = f"{SCRIPTED_LABEL}\n{scripted_answer(request.agent, request.user)}"
+        return LLMResponse(
+            text=text,
+            model=request.model,
+            provider=self.name,
+            # No real tokenizer behind canned text: counts are estimates (~4 chars per token).
+            prompt_tokens=(len(request.system) + len(request.user)) // 4 + 1,
+            completion_tokens=len(text) // 4 + 1,
+            usage_estimated=True,
+            scripted=True,
+        )
+
+    def secrets(self) -> list[str]:
+        return []
+
+
+def build_provider(settings: Settings) -> LLMProvider:
+    """The configured provider; raises `ConfigurationError` saying what to set."""
+    name = settings.provider()
+    if name == "groq":
+        return GroqProvider(settings)
+    if name == "openai":
+        return OpenAICompatProvider(settings)
+    return ScriptedProvider(settings)
+
+
+def stable_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

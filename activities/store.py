@@ -1,0 +1,60 @@
+"""Activity-side writes to the app database.
+
+Runs in activities (never in workflow code) because it is I/O. Each write is an upsert on a natural
+key, so an activity that Temporal retries — or replays after a worker crash — updates its row
+rather than adding a duplicate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from crewline.db import Artifact, Run, Step, session_scope, utcnow
+
+
+def upsert_step(engine: Engine, run_id: str, agent: str, **fields: Any) -> None:
+    for _ in range(2):  # a concurrent insert of the same key loses the race once, then updates
+        try:
+            with session_scope(engine) as session:
+                stmt = select(Step).where(Step.run_id == run_id, Step.agent == agent)
+                step = session.exec(stmt).first()
+                if step is None:
+                    step = Step(run_id=run_id, agent=agent)
+                for key, value in fields.items():
+                    setattr(step, key, value)
+                session.add(step)
+            return
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"could not upsert step {run_id}/{agent}")
+
+
+def update_run(engine: Engine, run_id: str, **fields: Any) -> None:
+    with session_scope(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            # A run started directly through Temporal (temporal CLI, tests) has no API row yet.
+            run = Run(run_id=run_id, query=str(fields.pop("query", "")))
+        else:
+            fields.pop("query", None)
+        for key, value in fields.items():
+            setattr(run, key, value)
+        run.updated_at = utcnow()
+        session.add(run)
+
+
+def record_artifact(engine: Engine, run_id: str, path: str, size_bytes: int, sha256: str) -> None:
+    with session_scope(engine) as session:
+        stmt = select(Artifact).where(Artifact.run_id == run_id, Artifact.path == path)
+        row = session.exec(stmt).first() or Artifact(run_id=run_id, path=path, size_bytes=0, sha256="")
+        row.size_bytes, row.sha256, row.created_at = size_bytes, sha256, utcnow()
+        session.add(row)
+
+
+def count_steps(engine: Engine, run_id: str) -> int:
+    with Session(engine) as session:
+        return len(list(session.exec(select(Step.id).where(Step.run_id == run_id))))

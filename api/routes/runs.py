@@ -1,0 +1,235 @@
+"""`/runs`: start, read, list and cancel pipeline runs, and serve their artifacts.
+
+Thin by design: handlers write the run row, start/describe/cancel the workflow and read the app
+database. They never call an LLM. The workflow id is the run id, so a run can be found in the
+Temporal Web UI and with `temporal workflow show -w RUN_ID`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import EngineDep, SettingsDep, TemporalDep
+from api.schemas import (
+    TERMINAL,
+    ArtifactOut,
+    RunAccepted,
+    RunCreate,
+    RunLinks,
+    RunOut,
+    RunPage,
+    RunStatus,
+    StepOut,
+)
+from crewline.db import Run, artifacts_of, get_run, session_scope, steps_of
+from crewline.settings import ConfigurationError, Settings
+from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+_TEMPORAL_TERMINAL = {
+    WorkflowExecutionStatus.FAILED: RunStatus.FAILED,
+    WorkflowExecutionStatus.TERMINATED: RunStatus.FAILED,
+    WorkflowExecutionStatus.TIMED_OUT: RunStatus.FAILED,
+    WorkflowExecutionStatus.CANCELED: RunStatus.CANCELLED,
+}
+
+
+def _links(settings: Settings, run_id: str) -> RunLinks:
+    ui = f"http://127.0.0.1:{settings.temporal_ui_port}"
+    return RunLinks(
+        self=f"/runs/{run_id}",
+        artifacts=f"/runs/{run_id}/artifacts",
+        cancel=f"/runs/{run_id}/cancel",
+        temporal_ui=f"{ui}/namespaces/{settings.temporal_namespace}/workflows/{run_id}",
+    )
+
+
+def _not_found(run_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} not found")
+
+
+def _run_out(settings: Settings, run: Run, *, detail: bool, engine: object = None) -> RunOut:
+    out = RunOut.model_validate(
+        {**run.model_dump(), "links": _links(settings, run.run_id)}, from_attributes=True
+    )
+    if detail:
+        out.steps = [StepOut.model_validate(s, from_attributes=True) for s in steps_of(engine, run.run_id)]  # type: ignore[arg-type]
+        out.artifacts = [
+            ArtifactOut(
+                path=a.path,
+                size_bytes=a.size_bytes,
+                sha256=a.sha256,
+                url=f"/runs/{run.run_id}/artifacts/{a.path}",
+            )
+            for a in artifacts_of(engine, run.run_id)  # type: ignore[arg-type]
+        ]
+    return out
+
+
+def _claim(engine: EngineDep, run: Run) -> Run:
+    """Insert the run row, or return the run already holding this idempotency key."""
+    try:
+        with session_scope(engine) as session:
+            session.add(run)
+        return run
+    except IntegrityError:
+        with Session(engine) as session:
+            stmt = select(Run).where(Run.idempotency_key == run.idempotency_key)
+            existing = session.exec(stmt).first()
+        if existing is None:
+            raise
+        return existing
+
+
+def _delete(engine: EngineDep, run_id: str) -> None:
+    with session_scope(engine) as session:
+        row = session.get(Run, run_id)
+        if row is not None:
+            session.delete(row)
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=RunAccepted)
+async def create_run(
+    body: RunCreate,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> RunAccepted:
+    try:
+        provider = settings.provider()
+    except ConfigurationError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    run = Run(
+        run_id=f"run-{uuid.uuid4().hex[:16]}",
+        query=body.query,
+        budget_usd=body.budget_usd,
+        idempotency_key=idempotency_key,
+        provider=provider,
+    )
+    claimed = await run_in_threadpool(_claim, engine, run)
+    if claimed.run_id != run.run_id:
+        if claimed.query != body.query or claimed.budget_usd != body.budget_usd:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                "Idempotency-Key was already used with a different request body",
+            )
+        return RunAccepted(
+            run_id=claimed.run_id,
+            status=RunStatus(claimed.status),
+            links=_links(settings, claimed.run_id),
+        )
+    try:
+        await client.start_workflow(
+            AgentPipelineWorkflow.run,
+            PipelineInput(run_id=run.run_id, query=body.query, budget_usd=body.budget_usd),
+            id=run.run_id,
+            task_queue=settings.task_queue,
+            static_summary=f"crewline run: {body.query[:120]}",
+        )
+    except RPCError as exc:
+        # Nothing half-written: without a workflow, the row would be a run that never runs.
+        await run_in_threadpool(_delete, engine, run.run_id)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"could not start the run: Temporal at {settings.temporal_address} answered "
+            f"{exc.status.name}; is the server up?",
+        ) from None
+    return RunAccepted(run_id=run.run_id, status=RunStatus.QUEUED, links=_links(settings, run.run_id))
+
+
+@router.get("", response_model=RunPage)
+def list_runs(
+    settings: SettingsDep,
+    engine: EngineDep,
+    status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> RunPage:
+    with Session(engine) as session:
+        stmt = select(Run)
+        count = select(func.count()).select_from(Run)
+        if status_filter is not None:
+            stmt = stmt.where(Run.status == status_filter.value)
+            count = count.where(Run.status == status_filter.value)  # type: ignore[arg-type]
+        total = session.exec(count).one()  # type: ignore[call-overload]
+        rows = session.exec(
+            stmt.order_by(col(Run.created_at).desc()).offset(offset).limit(limit)
+        ).all()
+    items = [_run_out(settings, r, detail=False) for r in rows]
+    return RunPage(items=items, total=int(total), limit=limit, offset=offset)
+
+
+async def _reconcile(client: TemporalDep, engine: EngineDep, run: Run) -> Run:
+    """If Temporal ended the workflow without the run row knowing (terminated from the CLI,
+    timed out), report what Temporal says instead of RUNNING forever."""
+    if RunStatus(run.status) in TERMINAL:
+        return run
+    try:
+        desc = await client.get_workflow_handle(run.run_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return run
+        raise
+    mapped = _TEMPORAL_TERMINAL.get(desc.status) if desc.status else None
+    if mapped is not None:
+        run.status = mapped.value
+        run.error = run.error or f"workflow {desc.status.name.lower()} in Temporal"  # type: ignore[union-attr]
+    return run
+
+
+@router.get("/{run_id}", response_model=RunOut)
+async def read_run(run_id: str, settings: SettingsDep, engine: EngineDep, client: TemporalDep) -> RunOut:
+    run = await run_in_threadpool(get_run, engine, run_id)
+    if run is None:
+        raise _not_found(run_id)
+    try:
+        run = await _reconcile(client, engine, run)
+    except RPCError:
+        pass  # Temporal down: the database view is still worth showing
+    return await run_in_threadpool(lambda: _run_out(settings, run, detail=True, engine=engine))
+
+
+@router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+async def cancel_run(run_id: str, engine: EngineDep, client: TemporalDep) -> dict[str, str]:
+    run = await run_in_threadpool(get_run, engine, run_id)
+    if run is None:
+        raise _not_found(run_id)
+    if RunStatus(run.status) in TERMINAL:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"run {run_id} already ended with status {run.status}"
+        )
+    await client.get_workflow_handle(run_id).cancel()
+    return {"run_id": run_id, "status": "CANCELLING"}
+
+
+@router.get("/{run_id}/artifacts", response_model=list[ArtifactOut])
+def list_artifacts(run_id: str, settings: SettingsDep, engine: EngineDep) -> list[ArtifactOut]:
+    run = get_run(engine, run_id)
+    if run is None:
+        raise _not_found(run_id)
+    return _run_out(settings, run, detail=True, engine=engine).artifacts
+
+
+@router.get("/{run_id}/artifacts/{path:path}")
+def download_artifact(run_id: str, path: str, settings: SettingsDep, engine: EngineDep) -> FileResponse:
+    known = {a.path for a in artifacts_of(engine, run_id)}
+    if path not in known:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} has no artifact {path!r}")
+    root = (settings.artifacts_dir / run_id).resolve()
+    target = (root / path).resolve()
+    if root not in target.parents or not target.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"artifact {path!r} is missing on disk")
+    return FileResponse(target, filename=Path(path).name)

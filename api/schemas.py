@@ -1,0 +1,94 @@
+"""The API's request and response shapes. Money is `Decimal`, rendered as a decimal string."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, field_validator
+
+MAX_QUERY_CHARS = 4000
+MAX_BUDGET_USD = Decimal("100")
+
+
+class RunStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+
+
+TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.BUDGET_EXCEEDED}
+
+
+class RunCreate(BaseModel):
+    query: str = Field(max_length=MAX_QUERY_CHARS, description="What the agents should do")
+    budget_usd: Decimal | None = Field(default=None, gt=0, le=MAX_BUDGET_USD, decimal_places=6)
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must not be empty")
+        return value.strip()
+
+
+class RunLinks(BaseModel):
+    self: str
+    artifacts: str
+    cancel: str
+    temporal_ui: str
+
+
+class RunAccepted(BaseModel):
+    run_id: str
+    status: RunStatus
+    links: RunLinks
+
+
+class StepOut(BaseModel):
+    agent: str
+    status: str
+    output: str | None
+    notes: str | None
+    model: str | None
+    provider: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    attempt: int
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ArtifactOut(BaseModel):
+    path: str
+    size_bytes: int
+    sha256: str
+    url: str
+
+
+class RunOut(BaseModel):
+    run_id: str
+    query: str
+    status: RunStatus
+    budget_usd: Decimal | None
+    provider: str | None
+    final_answer: str | None
+    error: str | None
+    failed_agent: str | None
+    created_at: datetime
+    updated_at: datetime
+    steps: list[StepOut] = []
+    artifacts: list[ArtifactOut] = []
+    links: RunLinks
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    total: int
+    limit: int
+    offset: int

@@ -1,0 +1,1 @@
+"""crewline: durable multi-agent AI workflows on Temporal (shared plumbing and entry points)."""

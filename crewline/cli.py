@@ -1,0 +1,228 @@
+"""The `crewline` command: `up`, `worker`, `api`, and `run` / `status` / `runs` / `cancel` against the API.
+
+Short-lived commands end with `exit_hard`: the Temporal SDK's native core can abort a Python
+process at interpreter exit after all work is done (temporalio/sdk-python#300); once output is
+flushed, `os._exit` means a user never sees a crash after a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from datetime import datetime
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+
+from crewline.settings import ConfigurationError, Settings
+
+app = typer.Typer(help="crewline: durable multi-agent AI workflows on Temporal.", no_args_is_help=True)
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"}
+
+
+def exit_hard(code: int) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    exit_hard(code)
+
+
+def _api(settings: Settings) -> httpx.Client:
+    return httpx.Client(base_url=settings.resolved_api_url, timeout=10)
+
+
+def _request(settings: Settings, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        with _api(settings) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.ConnectError:
+        _fail(
+            f"cannot reach the crewline API at {settings.resolved_api_url}; start the stack with "
+            "`make up` (or `crewline up`), or set CREWLINE_API_URL"
+        )
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        _fail(f"{detail} (HTTP {response.status_code})")
+    return response.json()
+
+
+def _elapsed(step: dict[str, Any]) -> str:
+    if not step.get("started_at"):
+        return ""
+    start = datetime.fromisoformat(step["started_at"])
+    end = datetime.fromisoformat(step["finished_at"]) if step.get("finished_at") else None
+    if end is None:
+        return ""
+    return f"{(end - start).total_seconds():5.1f}s"
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    status = step["status"]
+    mark = {"COMPLETED": "✓", "FAILED": "✗", "CANCELLED": "■", "ERROR": "!"}.get(status, "▶")
+    tokens = ""
+    if step.get("prompt_tokens") is not None:
+        tokens = f"  {step['prompt_tokens']}→{step['completion_tokens']} tokens"
+    attempt = f"  attempt {step['attempt']}" if step.get("attempt", 1) > 1 else ""
+    extra = f"  {step['error']}" if step.get("error") else ""
+    model = f"  [{step['model']}]" if step.get("model") else ""
+    label = "working…" if status == "RUNNING" else status.lower()
+    return f"  {mark} {step['agent']:<10} {label:<10} {_elapsed(step)}{tokens}{model}{attempt}{extra}"
+
+
+def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
+    seen: dict[str, tuple[str, int]] = {}
+    started = time.monotonic()
+    while True:
+        run = _request(settings, "GET", f"/runs/{run_id}")
+        for step in run["steps"]:
+            key = (step["status"], step["attempt"])
+            if seen.get(step["agent"]) != key:
+                seen[step["agent"]] = key
+                typer.echo(_step_line(step))
+        if run["status"] in TERMINAL:
+            typer.echo(f"  run {run['status']} in {time.monotonic() - started:.1f}s")
+            return run  # type: ignore[no-any-return]
+        time.sleep(0.5)
+
+
+def _print_outcome(settings: Settings, run: dict[str, Any]) -> int:
+    if run["status"] == "COMPLETED":
+        typer.echo("\n" + (run.get("final_answer") or ""))
+        if run["artifacts"]:
+            where = (settings.artifacts_dir / run["run_id"]).resolve()
+            typer.echo(f"\nArtifacts ({len(run['artifacts'])}) in {where}:")
+            for artifact in run["artifacts"]:
+                typer.echo(f"  {artifact['path']}  ({artifact['size_bytes']} bytes)")
+        if run.get("provider") == "scripted":
+            typer.echo("\nNOTE: LLM_PROVIDER=scripted — canned offline answers, not a real model.")
+        return 0
+    agent = f" at {run['failed_agent']}" if run.get("failed_agent") else ""
+    typer.echo(f"\nrun {run['status']}{agent}: {run.get('error') or ''}", err=True)
+    return 1
+
+
+@app.command()
+def run(
+    query: Annotated[str, typer.Argument(help="What the agents should build or answer")],
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the run id and exit")] = False,
+    budget: Annotated[str | None, typer.Option("--budget", help="Budget in USD, e.g. 0.50")] = None,
+) -> None:
+    """Start a run and follow it step by step."""
+    settings = Settings()
+    body: dict[str, Any] = {"query": query}
+    if budget is not None:
+        body["budget_usd"] = budget
+    accepted = _request(settings, "POST", "/runs", json=body)
+    run_id = accepted["run_id"]
+    if no_wait:
+        typer.echo(run_id)
+        exit_hard(0)
+    typer.echo(f"run {run_id} started — Web UI: {accepted['links']['temporal_ui']}")
+    try:
+        final = _follow(settings, run_id)
+    except KeyboardInterrupt:
+        typer.echo(f"\ndetached; the run goes on. Follow it with: crewline status {run_id}")
+        exit_hard(130)
+    exit_hard(_print_outcome(settings, final))
+
+
+@app.command()
+def status(run_id: str) -> None:
+    """Show one run: status, steps, answer, artifacts."""
+    settings = Settings()
+    found = _request(settings, "GET", f"/runs/{run_id}")
+    typer.echo(f"{found['run_id']}  {found['status']}  {found['query']!r}")
+    for step in found["steps"]:
+        typer.echo(_step_line(step))
+    if found["status"] in TERMINAL:
+        exit_hard(_print_outcome(settings, found))
+    exit_hard(0)
+
+
+@app.command("runs")
+def list_runs(
+    status_filter: Annotated[str | None, typer.Option("--status")] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 20,
+) -> None:
+    """List runs, newest first."""
+    settings = Settings()
+    params: dict[str, Any] = {"limit": limit}
+    if status_filter:
+        params["status"] = status_filter.upper()
+    page = _request(settings, "GET", "/runs", params=params)
+    for item in page["items"]:
+        created = item["created_at"][:19].replace("T", " ")
+        typer.echo(f"{item['run_id']}  {item['status']:<10} {created}  {item['query'][:60]!r}")
+    typer.echo(f"({len(page['items'])} of {page['total']})")
+    exit_hard(0)
+
+
+@app.command()
+def cancel(run_id: str) -> None:
+    """Cancel a run; finished steps and their outputs are kept."""
+    settings = Settings()
+    _request(settings, "POST", f"/runs/{run_id}/cancel")
+    typer.echo(f"cancel requested for {run_id}")
+    exit_hard(0)
+
+
+def _configure() -> Settings:
+    from crewline.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded stack: Temporal dev server (persisted), a worker and the API."""
+    from crewline.stack import run_stack
+
+    settings = _configure()
+    try:
+        asyncio.run(run_stack(settings))
+    except (ConfigurationError, RuntimeError, TimeoutError) as exc:
+        _fail(str(exc))
+    exit_hard(0)
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker against TEMPORAL_ADDRESS (for a cluster or a separately started server)."""
+    from workers.main import run_worker
+
+    settings = _configure()
+    try:
+        asyncio.run(run_worker(settings))
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    except RuntimeError as exc:
+        _fail(f"{exc} (TEMPORAL_ADDRESS={settings.temporal_address})")
+    exit_hard(0)
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API against TEMPORAL_ADDRESS."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _configure()
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port)
+    exit_hard(0)
+
+
+def main() -> None:
+    app()

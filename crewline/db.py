@@ -1,0 +1,116 @@
+"""The app database: runs, their steps and artifacts (SQLite by default, PostgreSQL in production).
+
+Rule upheld here: every write is idempotent on a natural key. A retried activity or a retried
+HTTP request updates the row it wrote before instead of adding a second one — (run_id, agent) for
+steps, (run_id, path) for artifacts, run_id and idempotency_key for runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import Column, Engine, Numeric, UniqueConstraint, event
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Run(SQLModel, table=True):
+    run_id: str = Field(primary_key=True, max_length=64)
+    query: str
+    status: str = Field(default="QUEUED", index=True, max_length=32)
+    budget_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(18, 6)))
+    idempotency_key: str | None = Field(default=None, unique=True, max_length=200)
+    provider: str | None = Field(default=None, max_length=32)
+    final_answer: str | None = None
+    error: str | None = None
+    failed_agent: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Step(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("run_id", "agent", name="uq_step_run_agent"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=64)
+    agent: str = Field(max_length=32)
+    position: int = 0
+    status: str = Field(default="RUNNING", max_length=32)
+    output: str | None = None
+    notes: str | None = None
+    model: str | None = Field(default=None, max_length=128)
+    provider: str | None = Field(default=None, max_length=32)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    attempt: int = 1
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Artifact(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("run_id", "path", name="uq_artifact_run_path"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=64)
+    path: str = Field(max_length=512)
+    size_bytes: int
+    sha256: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    # WAL lets the API read while the worker writes; busy_timeout rides out the short write
+    # locks instead of failing with "database is locked".
+    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine and the tables (idempotent)."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+
+
+def get_run(engine: Engine, run_id: str) -> Run | None:
+    with Session(engine) as session:
+        return session.get(Run, run_id)
+
+
+def steps_of(engine: Engine, run_id: str) -> list[Step]:
+    with Session(engine) as session:
+        stmt = select(Step).where(Step.run_id == run_id).order_by(Step.position)  # type: ignore[arg-type]
+        return list(session.exec(stmt))
+
+
+def artifacts_of(engine: Engine, run_id: str) -> list[Artifact]:
+    with Session(engine) as session:
+        stmt = select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.path)  # type: ignore[arg-type]
+        return list(session.exec(stmt))

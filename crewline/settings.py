@@ -1,0 +1,138 @@
+"""One settings object, read from the environment (and an optional `.env`).
+
+Every entry point (worker, API, CLI, tests) builds its own `Settings` and passes it down: there
+are no module-level globals, so a test can run several differently-configured parts side by side.
+Secrets are `SecretStr`, so they never show up in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+AGENTS: tuple[str, ...] = ("researcher", "planner", "executor", "coder", "finalizer")
+
+ProviderName = Literal["groq", "openai", "scripted"]
+
+
+class ConfigurationError(Exception):
+    """Configuration that cannot work; the message says what to set."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # --- LLM ---------------------------------------------------------------------------------
+    llm_provider: ProviderName | None = Field(default=None, alias="LLM_PROVIDER")
+    groq_api_key: SecretStr | None = Field(default=None, alias="GROQ_API_KEY")
+    groq_base_url: str | None = Field(default=None, alias="GROQ_BASE_URL")
+    groq_model: str = Field(default="llama-3.3-70b-versatile", alias="GROQ_MODEL")
+    llm_base_url: str | None = Field(default=None, alias="LLM_BASE_URL")
+    llm_api_key: SecretStr | None = Field(default=None, alias="LLM_API_KEY")
+    llm_model: str | None = Field(default=None, alias="LLM_MODEL")
+    # Per-agent model override, e.g. AGENT_MODELS='{"researcher": "llama-3.1-8b-instant"}'.
+    agent_models: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, alias="AGENT_MODELS"
+    )
+    llm_timeout_s: float = Field(default=120.0, alias="LLM_TIMEOUT_S", gt=0)
+    llm_max_tokens: int = Field(default=2048, alias="LLM_MAX_TOKENS", gt=0)
+    # Full-jitter exponential backoff between attempts of a transient failure.
+    retry_base_s: float = Field(default=1.0, alias="LLM_RETRY_BASE_S", ge=0)
+    retry_cap_s: float = Field(default=30.0, alias="LLM_RETRY_CAP_S", ge=0)
+    # Delay the scripted provider adds per call (demos of progress, benchmarks).
+    scripted_delay_s: float = Field(default=0.3, alias="SCRIPTED_DELAY_S", ge=0)
+
+    # --- research ----------------------------------------------------------------------------
+    research_mode: Literal["auto", "always", "never"] = Field(default="auto", alias="RESEARCH_MODE")
+    search_backend: Literal["ddgs", "none"] = Field(default="ddgs", alias="SEARCH_BACKEND")
+    search_timeout_s: int = Field(default=8, alias="SEARCH_TIMEOUT_S", gt=0)
+    search_max_results: int = Field(default=5, alias="SEARCH_MAX_RESULTS", gt=0)
+
+    # --- storage & services --------------------------------------------------------------------
+    data_dir: Path = Field(default=Path(".crewline"), alias="CREWLINE_DATA_DIR")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    temporal_address: str = Field(default="127.0.0.1:7233", alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
+    task_queue: str = Field(default="crewline-pipeline", alias="CREWLINE_TASK_QUEUE")
+    temporal_port: int = Field(default=7233, alias="TEMPORAL_PORT")
+    temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
+    api_host: str = Field(default="127.0.0.1", alias="API_HOST")
+    api_port: int = Field(default=8000, alias="API_PORT")
+    api_url: str | None = Field(default=None, alias="CREWLINE_API_URL")
+
+    # --- runs --------------------------------------------------------------------------------
+    max_query_chars: int = Field(default=4000, alias="MAX_QUERY_CHARS", gt=0)
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    log_json: bool = Field(default=False, alias="LOG_JSON")
+
+    @field_validator("agent_models", mode="before")
+    @classmethod
+    def _parse_agent_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    'AGENT_MODELS must be JSON, e.g. {"coder": "llama-3.3-70b-versatile"}'
+                ) from exc
+            return parsed
+        return value
+
+    @field_validator("agent_models")
+    @classmethod
+    def _known_agents(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(AGENTS))
+        if unknown:
+            raise ValueError(f"AGENT_MODELS names unknown agents {unknown}; known: {list(AGENTS)}")
+        return value
+
+    # --- derived -------------------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'crewline.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def resolved_api_url(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+    def provider(self) -> ProviderName:
+        """The provider to use, or a `ConfigurationError` that says what to set."""
+        if self.llm_provider is not None:
+            if self.llm_provider == "groq" and self.groq_api_key is None:
+                raise ConfigurationError(
+                    "LLM_PROVIDER=groq needs GROQ_API_KEY (get one at console.groq.com)."
+                )
+            if self.llm_provider == "openai" and not self.llm_base_url:
+                raise ConfigurationError(
+                    "LLM_PROVIDER=openai needs LLM_BASE_URL, e.g. http://localhost:11434/v1 "
+                    "for Ollama, and LLM_MODEL."
+                )
+            return self.llm_provider
+        if self.groq_api_key is not None:
+            return "groq"
+        raise ConfigurationError(
+            "No LLM provider configured. Set GROQ_API_KEY=<your key> to use Groq, or "
+            "LLM_PROVIDER=openai with LLM_BASE_URL/LLM_MODEL for a local OpenAI-compatible "
+            "server, or LLM_PROVIDER=scripted for the offline demo provider (canned answers)."
+        )
+
+    def model_for(self, agent: str) -> str:
+        if agent in self.agent_models:
+            return self.agent_models[agent]
+        provider = self.provider()
+        if provider == "openai":
+            return self.llm_model or "llama3.1"
+        if provider == "scripted":
+            return "scripted-v1"
+        return self.groq_model

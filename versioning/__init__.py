@@ -1,0 +1,1 @@
+"""Version bundles, shadow runs, divergence and rollback (not built yet: see the open issues)."""

@@ -1,0 +1,102 @@
+"""The worker entry point: builds the Worker that runs the pipeline workflow and agent activities.
+
+`build_worker` is the single place that decides what a worker registers; tests use it too, so
+they exercise exactly what production runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.agents import AgentActivities
+from activities.llm import LLMProvider, build_provider
+from activities.tools.builtin import build_tools, default_search_backend
+from activities.tools.search import SearchBackend
+from crewline.db import make_engine
+from crewline.settings import Settings
+from workflows.pipeline import AgentPipelineWorkflow
+
+log = structlog.get_logger("crewline.worker")
+
+# A killed worker's sticky workflow task moves to the shared queue after this long (default 10 s).
+STICKY_SCHEDULE_TO_START = timedelta(seconds=3)
+# On SIGTERM, in-flight LLM calls get this long to finish before they are cancelled.
+GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+
+_UNSET = object()
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    llm: LLMProvider | None = None,
+    search_backend: SearchBackend | None | object = _UNSET,
+    task_queue: str | None = None,
+) -> Worker:
+    engine = engine or make_engine(settings.resolved_database_url)
+    llm = llm or build_provider(settings)  # raises ConfigurationError saying what to set
+    backend = default_search_backend(settings) if search_backend is _UNSET else search_backend
+    activities = AgentActivities(
+        settings=settings,
+        llm=llm,
+        engine=engine,
+        tools=build_tools(settings, engine, backend),  # type: ignore[arg-type]
+    )
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=[AgentPipelineWorkflow],
+        activities=activities.all(),  # type: ignore[arg-type]
+        sticky_queue_schedule_to_start_timeout=STICKY_SCHEDULE_TO_START,
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+    )
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or SIGINT/SIGTERM when run standalone), then shut down cleanly."""
+    from crewline.temporal import connect
+
+    client = await connect(settings)
+    worker = build_worker(client, settings)
+    stop = stop or _signal_event()
+    log.info(
+        "worker.started",
+        task_queue=settings.task_queue,
+        temporal=settings.temporal_address,
+        provider=settings.provider(),
+    )
+    async with worker:
+        await stop.wait()
+        log.info("worker.stopping", graceful_timeout_s=GRACEFUL_SHUTDOWN.total_seconds())
+    log.info("worker.stopped")
+
+
+def _signal_event() -> asyncio.Event:
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+def main() -> None:
+    from crewline.cli import exit_hard
+    from crewline.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    asyncio.run(run_worker(settings))
+    exit_hard(0)
+
+
+if __name__ == "__main__":
+    main()
