@@ -28,7 +28,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.engine = engine or make_engine(settings.resolved_database_url)
-        app.state.temporal = client or await connect(settings)
+        app.state.temporal = client or await connect(settings, lazy=True)
         yield
         if engine is None:
             app.state.engine.dispose()

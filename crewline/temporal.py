@@ -47,11 +47,14 @@ def test_server_path() -> str:
     return _wheel_binary("temporal-test-server")
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+    """A client with the pydantic data converter. `lazy` defers the connection to first use, so
+    the API can start (and report it in /health) while Temporal is still down."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
+        lazy=lazy,
     )
 
 

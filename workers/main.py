@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import Engine
@@ -41,6 +42,7 @@ def build_worker(
     llm: LLMProvider | None = None,
     search_backend: SearchBackend | None | object = _UNSET,
     task_queue: str | None = None,
+    **worker_options: Any,
 ) -> Worker:
     engine = engine or make_engine(settings.resolved_database_url)
     llm = llm or build_provider(settings)  # raises ConfigurationError saying what to set
@@ -58,6 +60,7 @@ def build_worker(
         activities=activities.all(),  # type: ignore[arg-type]
         sticky_queue_schedule_to_start_timeout=STICKY_SCHEDULE_TO_START,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        **worker_options,
     )
 
 

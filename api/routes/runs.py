@@ -139,13 +139,14 @@ async def create_run(
             task_queue=settings.task_queue,
             static_summary=f"crewline run: {body.query[:120]}",
         )
-    except RPCError as exc:
+    except (RPCError, RuntimeError) as exc:
         # Nothing half-written: without a workflow, the row would be a run that never runs.
         await run_in_threadpool(_delete, engine, run.run_id)
+        why = exc.status.name if isinstance(exc, RPCError) else "unreachable"
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"could not start the run: Temporal at {settings.temporal_address} answered "
-            f"{exc.status.name}; is the server up?",
+            f"could not start the run: Temporal at {settings.temporal_address} is {why}; "
+            "is the server up? (`make up` starts the embedded one)",
         ) from None
     return RunAccepted(run_id=run.run_id, status=RunStatus.QUEUED, links=_links(settings, run.run_id))
 
@@ -197,7 +198,7 @@ async def read_run(run_id: str, settings: SettingsDep, engine: EngineDep, client
         raise _not_found(run_id)
     try:
         run = await _reconcile(client, engine, run)
-    except RPCError:
+    except (RPCError, RuntimeError):
         pass  # Temporal down: the database view is still worth showing
     return await run_in_threadpool(lambda: _run_out(settings, run, detail=True, engine=engine))
 
@@ -211,7 +212,14 @@ async def cancel_run(run_id: str, engine: EngineDep, client: TemporalDep) -> dic
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"run {run_id} already ended with status {run.status}"
         )
-    await client.get_workflow_handle(run_id).cancel()
+    try:
+        await client.get_workflow_handle(run_id).cancel()
+    except (RPCError, RuntimeError) as exc:
+        if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} has no workflow") from None
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "Temporal is unreachable; try again"
+        ) from None
     return {"run_id": run_id, "status": "CANCELLING"}
 
 

@@ -1,0 +1,122 @@
+"""Shared test harness: one session-scoped dev server and one time-skipping server (both from their
+wheels, nothing downloaded), a fresh task queue and database per test, the fake Groq server, and
+`new_worker`, which builds exactly the worker production builds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from crewline.db import make_engine
+from crewline.settings import Settings
+from crewline.temporal import dev_server_path, test_server_path
+from tests.fakes import FakeGroq
+from workers.main import build_worker
+
+REPO = Path(__file__).resolve().parent.parent
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # The Temporal SDK's native core can abort the interpreter at exit after every test passed
+    # (temporalio/sdk-python#300). All output is flushed by now: leave with pytest's own status.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_status)
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=dev_server_path(),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=test_server_path(), data_converter=pydantic_data_converter
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def client(dev_env: WorkflowEnvironment) -> Client:
+    return dev_env.client
+
+
+@pytest.fixture
+def fake_groq() -> Iterator[FakeGroq]:
+    server = FakeGroq().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_groq: FakeGroq, dev_env: WorkflowEnvironment) -> Settings:
+    """Groq provider pointed at the fake server; everything written under tmp_path."""
+    return Settings(
+        LLM_PROVIDER="groq",
+        GROQ_API_KEY="gsk_test_secret_key_123",
+        GROQ_BASE_URL=fake_groq.base_url,
+        GROQ_MODEL="llama-3.3-70b-versatile",
+        CREWLINE_DATA_DIR=tmp_path / "data",
+        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+        CREWLINE_TASK_QUEUE=f"tq-{uuid.uuid4().hex[:8]}",
+        SEARCH_BACKEND="none",
+        LLM_RETRY_BASE_S=0.05,
+        LLM_RETRY_CAP_S=0.2,
+        LLM_TIMEOUT_S=5,
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Any:
+    return make_engine(settings.resolved_database_url)
+
+
+@pytest.fixture
+def new_worker(client: Client, settings: Settings, engine: Any) -> Callable[..., Worker]:
+    def _make(**kwargs: Any) -> Worker:
+        kwargs.setdefault("engine", engine)
+        kwargs.setdefault("search_backend", None)
+        return build_worker(client, kwargs.pop("settings", settings), **kwargs)
+
+    return _make
+
+
+async def assert_eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0, interval: float = 0.1
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

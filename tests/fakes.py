@@ -1,0 +1,185 @@
+"""The fake outside world: a scriptable Groq-compatible HTTP server on 127.0.0.1, a fake search.
+
+The server speaks the OpenAI-style chat-completions protocol at `/openai/v1/chat/completions`
+(the path the real `groq` SDK calls), identifies the calling agent from its system prompt, and
+records every request so tests can count calls per agent. Per agent, a queue of scripted actions
+(reply, HTTP error, hang, malformed body) is consumed in order; when it is empty the default reply
+is given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from activities.tools.search import SearchHit
+
+AGENT_RE = re.compile(r"crewline's (\w+) agent", re.IGNORECASE)
+
+DEFAULT_TEXT = {
+    "researcher": "RESEARCH-NOTES: snakes move on a grid.",
+    "planner": "PLAN: 1. grid 2. snake 3. food",
+    "executor": "ARCH: snake.py holds the game loop",
+    "coder": "=== FILE: snake.py ===\nprint('snake')\n=== END FILE ===",
+    "finalizer": "FINAL-ANSWER: run python snake.py",
+}
+
+
+@dataclass
+class Reply:
+    text: str | None = None
+    prompt_tokens: int = 100
+    completion_tokens: int = 50
+    delay_s: float = 0.0
+
+
+@dataclass
+class Status:
+    code: int
+    headers: dict[str, str] = field(default_factory=dict)
+    message: str = "scripted failure"
+
+
+@dataclass
+class Hang:
+    """Accept the request and answer nothing for `seconds` (then drop the connection)."""
+
+    seconds: float
+
+
+@dataclass
+class Malformed:
+    body: str = "{not json"
+
+
+@dataclass
+class Seen:
+    agent: str
+    at: float
+    body: dict[str, Any]
+
+
+class FakeGroq:
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.scripts: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FakeGroq:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def script(self, agent: str, *actions: Any) -> None:
+        with self._lock:
+            self.scripts.setdefault(agent, []).extend(actions)
+
+    def calls(self, agent: str | None = None) -> list[Seen]:
+        with self._lock:
+            return [r for r in self.requests if agent is None or r.agent == agent]
+
+    def count(self, agent: str) -> int:
+        return len(self.calls(agent))
+
+    def _next_action(self, agent: str) -> Any:
+        with self._lock:
+            queue = self.scripts.get(agent) or []
+            return queue.pop(0) if queue else Reply()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, code: int, body: str, headers: dict[str, str] | None = None) -> None:
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                payload = json.loads(self.rfile.read(length) or b"{}")
+                if not self.path.endswith("/chat/completions"):
+                    self._send(404, json.dumps({"error": {"message": "unknown path"}}))
+                    return
+                system = next(
+                    (m["content"] for m in payload.get("messages", []) if m["role"] == "system"), ""
+                )
+                match = AGENT_RE.search(system)
+                agent = match.group(1).lower() if match else "unknown"
+                with fake._lock:
+                    fake.requests.append(Seen(agent=agent, at=time.monotonic(), body=payload))
+                action = fake._next_action(agent)
+                if isinstance(action, Hang):
+                    time.sleep(action.seconds)
+                    return
+                if isinstance(action, Status):
+                    error = {"error": {"message": action.message, "type": "scripted"}}
+                    self._send(action.code, json.dumps(error), action.headers)
+                    return
+                if isinstance(action, Malformed):
+                    self._send(200, action.body)
+                    return
+                if action.delay_s:
+                    time.sleep(action.delay_s)
+                text = action.text if action.text is not None else DEFAULT_TEXT.get(agent, "ok")
+                body = {
+                    "id": f"chatcmpl-{len(fake.requests)}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": payload.get("model", "fake"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": action.prompt_tokens,
+                        "completion_tokens": action.completion_tokens,
+                        "total_tokens": action.prompt_tokens + action.completion_tokens,
+                    },
+                }
+                self._send(200, json.dumps(body))
+
+        return Handler
+
+
+class FakeSearch:
+    """A search backend that answers from a list, or fails like an unreachable network."""
+
+    name = "fake-search"
+
+    def __init__(self, hits: list[SearchHit] | None = None, fail: Exception | None = None) -> None:
+        self.hits = hits or []
+        self.fail = fail
+        self.queries: list[str] = []
+
+    async def search(self, query: str, max_results: int) -> list[SearchHit]:
+        self.queries.append(query)
+        if self.fail is not None:
+            raise self.fail
+        return self.hits[:max_results]

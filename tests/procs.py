@@ -1,0 +1,50 @@
+"""Run product entry points as real child processes, so tests can SIGKILL them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from crewline.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GROQ_", "LLM_", "CREWLINE_"))}
+    values = settings.model_dump(by_alias=True, exclude_none=True)
+    for key, value in values.items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if isinstance(value, dict):
+            import json
+
+            value = json.dumps(value)
+        env[key] = str(value)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """`python -m workers.main` with these settings; cwd is the data dir so no `.env` leaks in."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "workers.main"],
+            env=settings_env(settings),
+            cwd=settings.data_dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,44 @@
+"""Replay: recorded histories must replay against today's workflow code without non-determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from crewline.settings import Settings
+from tests.fakes import FakeGroq
+from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_recorded_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    replayer = Replayer(workflows=[AgentPipelineWorkflow], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history)
+    assert result.replay_failure is None
+
+
+def test_histories_hold_no_secrets() -> None:
+    for path in HISTORIES:
+        assert "gsk_" not in path.read_text(), path
+
+
+async def test_pipeline_with_no_workflow_cache(
+    client: Client, settings: Settings, fake_groq: FakeGroq, new_worker: object
+) -> None:
+    # max_cached_workflows=0 replays the whole history on every workflow task: any
+    # non-determinism between the first execution and a replay fails this run.
+    async with new_worker(max_cached_workflows=0):  # type: ignore[operator]
+        result = await client.execute_workflow(
+            AgentPipelineWorkflow.run,
+            PipelineInput(run_id="run-nocache", query="Build a snake game"),
+            id=f"run-nocache-{settings.task_queue}",
+            task_queue=settings.task_queue,
+        )
+    assert result.status == "COMPLETED" and fake_groq.count("finalizer") == 1

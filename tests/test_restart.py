@@ -1,0 +1,58 @@
+"""The embedded Temporal server stopped and started on the same data file mid-run loses nothing."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from crewline.db import get_run
+from crewline.settings import Settings
+from crewline.temporal import DevServer
+from tests.conftest import assert_eventually
+from tests.fakes import FakeGroq, Reply
+from tests.procs import spawn_worker, stop
+from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_server_restart_mid_run_completes(
+    settings: Settings, fake_groq: FakeGroq, engine: Any, tmp_path: Path
+) -> None:
+    server = DevServer(tmp_path / "temporal.db", port=_free_port(), ui_port=_free_port())
+    await server.start()
+    settings = settings.model_copy(
+        update={"temporal_address": server.address, "data_dir": settings.data_dir.resolve()}
+    )
+    fake_groq.script("planner", Reply(delay_s=3))
+    worker = spawn_worker(settings, tmp_path / "worker.log")
+    try:
+        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+        run_id = f"run-{uuid.uuid4().hex[:12]}"
+        await client.start_workflow(
+            AgentPipelineWorkflow.run,
+            PipelineInput(run_id=run_id, query="Build a snake game"),
+            id=run_id,
+            task_queue=settings.task_queue,
+        )
+        await assert_eventually(lambda: fake_groq.count("planner") == 1, timeout=30)
+        server.stop()  # mid-planner: the whole history lives only in temporal.db now
+        await server.start()
+        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+        result = await client.get_workflow_handle_for(AgentPipelineWorkflow.run, run_id).result()
+    finally:
+        stop(worker)
+        server.stop()
+    assert result.status == "COMPLETED"
+    assert fake_groq.count("researcher") == 1  # finished before the restart: not run again
+    run = get_run(engine, run_id)
+    assert run is not None and run.status == "COMPLETED"
