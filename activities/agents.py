@@ -16,7 +16,6 @@ from typing import TypeVar
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities import store
 from activities.errors import classify
@@ -138,8 +137,12 @@ class AgentActivities:
                 secrets=self._llm.secrets(),
             )
             status = "FAILED" if error.non_retryable else "ERROR"
-            await self._db(store.upsert_step, inp.run_id, inp.agent, status=status, error=error.message)
-            activity.logger.warning("agent call failed", extra={"agent": inp.agent, "error": error.message})
+            await self._db(
+                store.upsert_step, inp.run_id, inp.agent, status=status, error=error.message
+            )
+            activity.logger.warning(
+                "agent call failed", extra={"agent": inp.agent, "error": error.message}
+            )
             # `from None`: the provider exception may echo request details; the classified
             # message is the redacted, actionable one.
             raise error from None
@@ -182,7 +185,7 @@ class AgentActivities:
             outcome = SearchOutcome(skipped_reason=f"no web search needed: {why}")
         if outcome.hits:
             results = "\n".join(f"- {h.title} ({h.url}): {h.snippet}" for h in outcome.hits)
-            notes = f"searched the web: {len(outcome.hits)} results"
+            notes: str | None = f"searched the web: {len(outcome.hits)} results"
         else:
             results = f"(none — {outcome.skipped_reason})"
             notes = outcome.skipped_reason
@@ -264,7 +267,4 @@ class AgentActivities:
 
     def all(self) -> list[object]:
         """Every activity the worker registers (the tests' worker registers the same list)."""
-        return [
-            self.research, self.plan, self.execute, self.code, self.finalize, self.record_run
-        ]
-
+        return [self.research, self.plan, self.execute, self.code, self.finalize, self.record_run]

@@ -1,4 +1,4 @@
-"""Classify provider failures into retryable and permanent ones — Temporal is the one retry authority.
+"""Classify provider failures as retryable or permanent — Temporal is the one retry authority.
 
 Permanent (bad request, bad key, missing model, validation) → `ApplicationError(non_retryable=True)`
 with a message a user can act on. Transient (timeouts, connection errors, 408/409/429/5xx) →
@@ -28,7 +28,9 @@ class MalformedResponseError(Exception):
     """The provider answered 2xx but not with a usable chat completion."""
 
 
-def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None
+) -> float:
     """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**(attempt-1)))."""
     ceiling = min(cap_s, base_s * (2 ** max(attempt - 1, 0)))
     return (rng or random).uniform(0, ceiling)
@@ -104,27 +106,29 @@ def classify(
                 next_retry_delay=timedelta(seconds=delay),
             )
         return ApplicationError(
-            f"{where}: unexpected status {status}: {detail}", type="LLMBadRequest", non_retryable=True
+            f"{where}: unexpected status {status}: {detail}",
+            type="LLMBadRequest",
+            non_retryable=True,
         )
-    delay = timedelta(seconds=backoff_delay(attempt, base_s, cap_s))
+    jitter = timedelta(seconds=backoff_delay(attempt, base_s, cap_s))
     if isinstance(exc, TIMEOUT_ERRORS):
         return ApplicationError(
-            f"{where}: call timed out", type="LLMTimeout", next_retry_delay=delay
+            f"{where}: call timed out", type="LLMTimeout", next_retry_delay=jitter
         )
     if isinstance(exc, CONNECTION_ERRORS):
         return ApplicationError(
             f"{where}: provider unreachable (connection error)",
             type="LLMUnreachable",
-            next_retry_delay=delay,
+            next_retry_delay=jitter,
         )
     if isinstance(exc, MalformedResponseError):
         return ApplicationError(
             f"{where}: malformed response: {_redact(str(exc), secrets)}",
             type="LLMMalformedResponse",
-            next_retry_delay=delay,
+            next_retry_delay=jitter,
         )
     return ApplicationError(
         f"{where}: {type(exc).__name__}: {_redact(str(exc), secrets)}",
         type="LLMError",
-        next_retry_delay=delay,
+        next_retry_delay=jitter,
     )

@@ -50,7 +50,9 @@ def update_run(engine: Engine, run_id: str, **fields: Any) -> None:
 def record_artifact(engine: Engine, run_id: str, path: str, size_bytes: int, sha256: str) -> None:
     with session_scope(engine) as session:
         stmt = select(Artifact).where(Artifact.run_id == run_id, Artifact.path == path)
-        row = session.exec(stmt).first() or Artifact(run_id=run_id, path=path, size_bytes=0, sha256="")
+        row = session.exec(stmt).first() or Artifact(
+            run_id=run_id, path=path, size_bytes=0, sha256=""
+        )
         row.size_bytes, row.sha256, row.created_at = size_bytes, sha256, utcnow()
         session.add(row)
 

@@ -1,4 +1,4 @@
-"""Request-scoped access to what the lifespan built: settings, the Temporal client, the DB engine."""
+"""Request-scoped access to what the lifespan built: settings, Temporal client, DB engine."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `crewline` command: `up`, `worker`, `api`, and `run` / `status` / `runs` / `cancel` against the API.
+"""The `crewline` command: `up`, `worker`, `api`, and `run`/`status`/`runs`/`cancel` via the API.
 
 Short-lived commands end with `exit_hard`: the Temporal SDK's native core can abort a Python
 process at interpreter exit after all work is done (temporalio/sdk-python#300); once output is
@@ -19,7 +19,9 @@ import typer
 
 from crewline.settings import ConfigurationError, Settings
 
-app = typer.Typer(help="crewline: durable multi-agent AI workflows on Temporal.", no_args_is_help=True)
+app = typer.Typer(
+    help="crewline: durable multi-agent AI workflows on Temporal.", no_args_is_help=True
+)
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"}
 
 
@@ -52,6 +54,10 @@ def _request(settings: Settings, method: str, path: str, **kwargs: Any) -> Any:
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
+        if isinstance(detail, list):  # FastAPI validation errors
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in detail
+            )
         _fail(f"{detail} (HTTP {response.status_code})")
     return response.json()
 
@@ -76,7 +82,9 @@ def _step_line(step: dict[str, Any]) -> str:
     extra = f"  {step['error']}" if step.get("error") else ""
     model = f"  [{step['model']}]" if step.get("model") else ""
     label = "working…" if status == "RUNNING" else status.lower()
-    return f"  {mark} {step['agent']:<10} {label:<10} {_elapsed(step)}{tokens}{model}{attempt}{extra}"
+    return (
+        f"  {mark} {step['agent']:<10} {label:<10} {_elapsed(step)}{tokens}{model}{attempt}{extra}"
+    )
 
 
 def _follow(settings: Settings, run_id: str) -> dict[str, Any]:

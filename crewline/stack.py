@@ -84,7 +84,7 @@ async def run_stack(settings: Settings) -> None:
             api_task = asyncio.create_task(api.serve())
             await asyncio.sleep(0.5)
             print(_banner(settings, server), flush=True)
-            done, _ = await asyncio.wait(
+            await asyncio.wait(
                 {api_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
             )
             api.should_exit = True

@@ -9,6 +9,7 @@ loses no workflow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import shutil
@@ -60,10 +61,8 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
 
 def _die_with_parent() -> None:
     # Linux: the dev server gets SIGTERM if `crewline up` dies, even by SIGKILL — no orphans.
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def port_open(host: str, port: int) -> bool:
@@ -108,7 +107,8 @@ class DevServer:
             )
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_file.open("ab")
-        self.process = subprocess.Popen(
+        # Popen returns at once (fork/exec); the wait for readiness below is async.
+        self.process = subprocess.Popen(  # noqa: ASYNC220
             self.command(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
         )
         log.close()
@@ -126,7 +126,9 @@ class DevServer:
             except Exception:
                 await asyncio.sleep(0.2)
         self.stop()
-        raise TimeoutError(f"Temporal dev server did not come up in {timeout_s}s; see {self.log_file}")
+        raise TimeoutError(
+            f"Temporal dev server did not come up in {timeout_s}s; see {self.log_file}"
+        )
 
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:

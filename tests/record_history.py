@@ -45,7 +45,9 @@ async def record(name: str, fail: str | None) -> Path:
                 _env_file=None,
             )
             run_id = f"run-{name}-{uuid.uuid4().hex[:6]}"
-            worker = build_worker(env.client, settings, engine=make_engine(settings.resolved_database_url))
+            worker = build_worker(
+                env.client, settings, engine=make_engine(settings.resolved_database_url)
+            )
             async with worker:
                 handle = await env.client.start_workflow(
                     AgentPipelineWorkflow.run,

@@ -41,7 +41,9 @@ async def test_post_run_202_then_completed_with_steps_and_artifacts(
     api: httpx.AsyncClient, new_worker: Callable[..., Worker]
 ) -> None:
     async with new_worker():
-        response = await api.post("/runs", json={"query": "Build a snake game", "budget_usd": "0.50"})
+        response = await api.post(
+            "/runs", json={"query": "Build a snake game", "budget_usd": "0.50"}
+        )
         assert response.status_code == 202
         accepted = response.json()
         assert accepted["status"] == "QUEUED" and accepted["run_id"].startswith("run-")
@@ -49,7 +51,13 @@ async def test_post_run_202_then_completed_with_steps_and_artifacts(
         run = await _finished(api, accepted["run_id"])
     assert run["status"] == "COMPLETED"
     assert run["budget_usd"] == "0.500000"
-    assert [s["agent"] for s in run["steps"]] == ["researcher", "planner", "executor", "coder", "finalizer"]
+    assert [s["agent"] for s in run["steps"]] == [
+        "researcher",
+        "planner",
+        "executor",
+        "coder",
+        "finalizer",
+    ]
     assert run["steps"][1]["output"] == "PLAN: 1. grid 2. snake 3. food"
     assert run["steps"][1]["prompt_tokens"] == 100 and run["steps"][1]["attempt"] == 1
     assert run["final_answer"] == "FINAL-ANSWER: run python snake.py"
@@ -124,12 +132,17 @@ async def test_no_provider_configured_is_503_with_what_to_set(
 ) -> None:
     bare = settings.model_copy(update={"llm_provider": None, "groq_api_key": None})
     app = create_app(bare, client=client, engine=engine)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            response = await http.post("/runs", json={"query": "Build a snake game"})
-            health = await http.get("/health")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        response = await http.post("/runs", json={"query": "Build a snake game"})
+        health = await http.get("/health")
     assert response.status_code == 503
-    assert "GROQ_API_KEY" in response.json()["detail"] and "LLM_PROVIDER=scripted" in response.json()["detail"]
+    assert (
+        "GROQ_API_KEY" in response.json()["detail"]
+        and "LLM_PROVIDER=scripted" in response.json()["detail"]
+    )
     assert health.status_code == 503 and health.json()["llm"]["ok"] is False
 
 
@@ -144,11 +157,13 @@ async def test_health_reports_parts(api: httpx.AsyncClient) -> None:
 async def test_temporal_down_is_503_and_leaves_no_row(settings: Settings, engine: Any) -> None:
     unreachable = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
     app = create_app(unreachable, engine=engine)  # the API starts even while Temporal is down
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            response = await http.post("/runs", json={"query": "Build a snake game"})
-            listed = await http.get("/runs")
-            health = await http.get("/health")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        response = await http.post("/runs", json={"query": "Build a snake game"})
+        listed = await http.get("/runs")
+        health = await http.get("/health")
     assert health.status_code == 503 and health.json()["temporal"]["ok"] is False
     assert response.status_code == 503 and "127.0.0.1:1" in response.json()["detail"]
     assert listed.json()["total"] == 0

@@ -43,7 +43,9 @@ async def test_worker_killed_during_coder_resumes_on_new_worker(
         if second is not None:
             stop(second)
     assert result.status == "COMPLETED"
-    counts = {a: fake_groq.count(a) for a in ("researcher", "planner", "executor", "coder", "finalizer")}
+    counts = {
+        a: fake_groq.count(a) for a in ("researcher", "planner", "executor", "coder", "finalizer")
+    }
     assert counts == {"researcher": 1, "planner": 1, "executor": 1, "coder": 2, "finalizer": 1}
     steps = steps_of(engine, run_id)
     assert len(steps) == 5 and len({s.agent for s in steps}) == 5

@@ -17,7 +17,9 @@ from tests.fakes import FakeGroq, FakeSearch, Status
 from workflows.pipeline import AGENT_ORDER, AgentPipelineWorkflow, PipelineInput
 
 
-async def _run(client: Client, settings: Settings, query: str = "Build a snake game") -> tuple[str, Any]:
+async def _run(
+    client: Client, settings: Settings, query: str = "Build a snake game"
+) -> tuple[str, Any]:
     run_id = f"run-{uuid.uuid4().hex[:12]}"
     handle = await client.start_workflow(
         AgentPipelineWorkflow.run,
@@ -29,7 +31,11 @@ async def _run(client: Client, settings: Settings, query: str = "Build a snake g
 
 
 async def test_run_completes_with_five_steps_each_called_once(
-    client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any, new_worker: Callable[..., Worker]
+    client: Client,
+    settings: Settings,
+    fake_groq: FakeGroq,
+    engine: Any,
+    new_worker: Callable[..., Worker],
 ) -> None:
     async with new_worker():
         run_id, handle = await _run(client, settings)
@@ -56,7 +62,11 @@ async def test_run_completes_with_five_steps_each_called_once(
 
 
 async def test_bad_key_fails_fast_naming_the_variable(
-    client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any, new_worker: Callable[..., Worker]
+    client: Client,
+    settings: Settings,
+    fake_groq: FakeGroq,
+    engine: Any,
+    new_worker: Callable[..., Worker],
 ) -> None:
     fake_groq.script("researcher", Status(401, message="Invalid API Key"))
     async with new_worker():
@@ -74,7 +84,11 @@ async def test_bad_key_fails_fast_naming_the_variable(
 
 
 async def test_transient_errors_are_retried_by_temporal(
-    client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any, new_worker: Callable[..., Worker]
+    client: Client,
+    settings: Settings,
+    fake_groq: FakeGroq,
+    engine: Any,
+    new_worker: Callable[..., Worker],
 ) -> None:
     fake_groq.script("planner", Status(503), Status(500))
     async with new_worker():
@@ -87,10 +101,16 @@ async def test_transient_errors_are_retried_by_temporal(
 
 
 async def test_unreachable_search_degrades_to_no_research(
-    client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any, new_worker: Callable[..., Worker]
+    client: Client,
+    settings: Settings,
+    fake_groq: FakeGroq,
+    engine: Any,
+    new_worker: Callable[..., Worker],
 ) -> None:
     search = FakeSearch(fail=ConnectionError("network is unreachable"))
-    async with new_worker(settings=settings.model_copy(update={"research_mode": "always"}), search_backend=search):
+    async with new_worker(
+        settings=settings.model_copy(update={"research_mode": "always"}), search_backend=search
+    ):
         run_id, handle = await _run(client, settings)
         result = await handle.result()
     assert result.status == "COMPLETED" and search.queries == ["Build a snake game"]
@@ -102,12 +122,18 @@ async def test_unreachable_search_degrades_to_no_research(
 
 
 async def test_search_results_reach_the_researcher(
-    client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any, new_worker: Callable[..., Worker]
+    client: Client,
+    settings: Settings,
+    fake_groq: FakeGroq,
+    engine: Any,
+    new_worker: Callable[..., Worker],
 ) -> None:
     hit = SearchHit(title="Pygame docs", url="https://www.pygame.org/docs", snippet="pygame API")
     search = FakeSearch(hits=[hit])
     async with new_worker(search_backend=search):
-        run_id, handle = await _run(client, settings, query="Build a snake game with the latest pygame")
+        run_id, handle = await _run(
+            client, settings, query="Build a snake game with the latest pygame"
+        )
         await handle.result()
     prompt = fake_groq.calls("researcher")[0].body["messages"][1]["content"]
     assert "https://www.pygame.org/docs" in prompt

@@ -29,7 +29,9 @@ class FakeAgents:
     async def _agent(self, inp: AgentInput) -> AgentResult:
         self.calls.append(inp)
         if inp.agent == self.fail:
-            raise ApplicationError("GROQ_API_KEY rejected (401)", type="LLMAuthError", non_retryable=True)
+            raise ApplicationError(
+                "GROQ_API_KEY rejected (401)", type="LLMAuthError", non_retryable=True
+            )
         if inp.agent == self.block:
             self.blocked.set()
             while True:  # until cancelled; heartbeats deliver the cancel
@@ -37,7 +39,11 @@ class FakeAgents:
                 await asyncio.sleep(0.1)
         artifacts = ["snake.py"] if inp.agent == "coder" else []
         return AgentResult(
-            agent=inp.agent, output=f"out-{inp.agent}", model="m", provider="fake", artifacts=artifacts
+            agent=inp.agent,
+            output=f"out-{inp.agent}",
+            model="m",
+            provider="fake",
+            artifacts=artifacts,
         )
 
     def activities(self) -> list[object]:
@@ -57,7 +63,12 @@ class FakeAgents:
 
 async def _start(env: WorkflowEnvironment, fakes: FakeAgents, query: str = "Build a snake game"):  # type: ignore[no-untyped-def]
     queue = f"wf-{uuid.uuid4().hex[:8]}"
-    worker = Worker(env.client, task_queue=queue, workflows=[AgentPipelineWorkflow], activities=fakes.activities())  # type: ignore[arg-type]
+    worker = Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[AgentPipelineWorkflow],
+        activities=fakes.activities(),
+    )  # type: ignore[arg-type]
     run_id = f"run-{uuid.uuid4().hex[:8]}"
     return worker, run_id, queue
 
@@ -95,14 +106,22 @@ async def test_failed_agent_fails_the_run_and_names_the_agent(ts_env: WorkflowEn
                 id=run_id,
                 task_queue=queue,
             )
-        progress = await ts_env.client.get_workflow_handle(run_id).query(AgentPipelineWorkflow.progress)
+        progress = await ts_env.client.get_workflow_handle(run_id).query(
+            AgentPipelineWorkflow.progress
+        )
     assert "executor failed" in str(info.value.cause)
     assert "GROQ_API_KEY rejected (401)" in str(info.value.cause)
     assert [c.agent for c in fakes.calls] == ["researcher", "planner", "executor"]  # not retried
     final = fakes.updates[-1]
     assert final.status == "FAILED" and final.failed_agent == "executor"
     assert progress.status == "FAILED"
-    assert [s.status for s in progress.steps] == ["COMPLETED", "COMPLETED", "FAILED", "PENDING", "PENDING"]
+    assert [s.status for s in progress.steps] == [
+        "COMPLETED",
+        "COMPLETED",
+        "FAILED",
+        "PENDING",
+        "PENDING",
+    ]
 
 
 async def test_cancel_keeps_partial_results(ts_env: WorkflowEnvironment) -> None:
@@ -110,7 +129,10 @@ async def test_cancel_keeps_partial_results(ts_env: WorkflowEnvironment) -> None
     worker, run_id, queue = await _start(ts_env, fakes)
     async with worker:
         handle = await ts_env.client.start_workflow(
-            AgentPipelineWorkflow.run, PipelineInput(run_id=run_id, query="q"), id=run_id, task_queue=queue
+            AgentPipelineWorkflow.run,
+            PipelineInput(run_id=run_id, query="q"),
+            id=run_id,
+            task_queue=queue,
         )
         await assert_eventually(fakes.blocked.is_set)
         await handle.cancel()
@@ -119,6 +141,12 @@ async def test_cancel_keeps_partial_results(ts_env: WorkflowEnvironment) -> None
         progress = await handle.query(AgentPipelineWorkflow.progress)
     assert isinstance(info.value.cause, CancelledError)
     assert progress.status == "CANCELLED"
-    assert [s.status for s in progress.steps] == ["COMPLETED", "COMPLETED", "COMPLETED", "CANCELLED", "PENDING"]
+    assert [s.status for s in progress.steps] == [
+        "COMPLETED",
+        "COMPLETED",
+        "COMPLETED",
+        "CANCELLED",
+        "PENDING",
+    ]
     assert progress.steps[2].output == "out-executor"
     assert fakes.updates[-1].status == "CANCELLED" and fakes.updates[-1].cancelled_agent == "coder"

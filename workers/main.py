@@ -40,7 +40,7 @@ def build_worker(
     *,
     engine: Engine | None = None,
     llm: LLMProvider | None = None,
-    search_backend: SearchBackend | None | object = _UNSET,
+    search_backend: SearchBackend | object | None = _UNSET,
     task_queue: str | None = None,
     **worker_options: Any,
 ) -> Worker:

@@ -155,7 +155,9 @@ class AgentPipelineWorkflow:
             scripted=any(r.scripted for r in results),
         )
 
-    async def _run_step(self, agent: str, inp: PipelineInput, context: dict[str, str]) -> AgentResult:
+    async def _run_step(
+        self, agent: str, inp: PipelineInput, context: dict[str, str]
+    ) -> AgentResult:
         self._current = agent
         step = self._steps[agent]
         step.status = "RUNNING"

@@ -7,6 +7,7 @@ Temporal Web UI and with `temporal workflow show -w RUN_ID`.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from sqlalchemy import func
+from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from temporalio.client import WorkflowExecutionStatus
@@ -60,21 +61,28 @@ def _not_found(run_id: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} not found")
 
 
-def _run_out(settings: Settings, run: Run, *, detail: bool, engine: object = None) -> RunOut:
-    out = RunOut.model_validate(
-        {**run.model_dump(), "links": _links(settings, run.run_id)}, from_attributes=True
-    )
-    if detail:
-        out.steps = [StepOut.model_validate(s, from_attributes=True) for s in steps_of(engine, run.run_id)]  # type: ignore[arg-type]
-        out.artifacts = [
-            ArtifactOut(
-                path=a.path,
-                size_bytes=a.size_bytes,
-                sha256=a.sha256,
-                url=f"/runs/{run.run_id}/artifacts/{a.path}",
-            )
-            for a in artifacts_of(engine, run.run_id)  # type: ignore[arg-type]
-        ]
+def _run_summary(settings: Settings, run: Run) -> RunOut:
+    return RunOut.model_validate({**run.model_dump(), "links": _links(settings, run.run_id)})
+
+
+def _artifacts(engine: Engine, run_id: str) -> list[ArtifactOut]:
+    return [
+        ArtifactOut(
+            path=a.path,
+            size_bytes=a.size_bytes,
+            sha256=a.sha256,
+            url=f"/runs/{run_id}/artifacts/{a.path}",
+        )
+        for a in artifacts_of(engine, run_id)
+    ]
+
+
+def _run_detail(settings: Settings, engine: Engine, run: Run) -> RunOut:
+    out = _run_summary(settings, run)
+    out.steps = [
+        StepOut.model_validate(s, from_attributes=True) for s in steps_of(engine, run.run_id)
+    ]
+    out.artifacts = _artifacts(engine, run.run_id)
     return out
 
 
@@ -148,7 +156,9 @@ async def create_run(
             f"could not start the run: Temporal at {settings.temporal_address} is {why}; "
             "is the server up? (`make up` starts the embedded one)",
         ) from None
-    return RunAccepted(run_id=run.run_id, status=RunStatus.QUEUED, links=_links(settings, run.run_id))
+    return RunAccepted(
+        run_id=run.run_id, status=RunStatus.QUEUED, links=_links(settings, run.run_id)
+    )
 
 
 @router.get("", response_model=RunPage)
@@ -169,7 +179,7 @@ def list_runs(
         rows = session.exec(
             stmt.order_by(col(Run.created_at).desc()).offset(offset).limit(limit)
         ).all()
-    items = [_run_out(settings, r, detail=False) for r in rows]
+    items = [_run_summary(settings, r) for r in rows]
     return RunPage(items=items, total=int(total), limit=limit, offset=offset)
 
 
@@ -192,15 +202,16 @@ async def _reconcile(client: TemporalDep, engine: EngineDep, run: Run) -> Run:
 
 
 @router.get("/{run_id}", response_model=RunOut)
-async def read_run(run_id: str, settings: SettingsDep, engine: EngineDep, client: TemporalDep) -> RunOut:
+async def read_run(
+    run_id: str, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+) -> RunOut:
     run = await run_in_threadpool(get_run, engine, run_id)
     if run is None:
         raise _not_found(run_id)
-    try:
+    # Temporal down: the database view is still worth showing.
+    with contextlib.suppress(RPCError, RuntimeError):
         run = await _reconcile(client, engine, run)
-    except (RPCError, RuntimeError):
-        pass  # Temporal down: the database view is still worth showing
-    return await run_in_threadpool(lambda: _run_out(settings, run, detail=True, engine=engine))
+    return await run_in_threadpool(_run_detail, settings, engine, run)
 
 
 @router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
@@ -228,11 +239,13 @@ def list_artifacts(run_id: str, settings: SettingsDep, engine: EngineDep) -> lis
     run = get_run(engine, run_id)
     if run is None:
         raise _not_found(run_id)
-    return _run_out(settings, run, detail=True, engine=engine).artifacts
+    return _artifacts(engine, run_id)
 
 
 @router.get("/{run_id}/artifacts/{path:path}")
-def download_artifact(run_id: str, path: str, settings: SettingsDep, engine: EngineDep) -> FileResponse:
+def download_artifact(
+    run_id: str, path: str, settings: SettingsDep, engine: EngineDep
+) -> FileResponse:
     known = {a.path for a in artifacts_of(engine, run_id)}
     if path not in known:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} has no artifact {path!r}")

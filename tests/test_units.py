@@ -1,0 +1,155 @@
+"""Pure logic: error classification, backoff, research decision, artifacts, tools, settings."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import groq
+import httpx
+import pytest
+import yaml
+
+from activities.errors import backoff_delay, classify, retry_after_seconds
+from activities.research import needs_research
+from activities.tools import ToolContext, ToolRegistry, ToolSpec
+from activities.tools.files import UnsafePathError, parse_files, safe_relative_path, write_artifact
+from crewline.settings import ConfigurationError, Settings
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "gsk_supersecret_0123456789"
+
+
+def _status_error(code: int, headers: dict[str, str] | None = None) -> groq.APIStatusError:
+    request = httpx.Request("POST", "http://127.0.0.1/openai/v1/chat/completions")
+    response = httpx.Response(
+        code, headers=headers or {}, request=request, json={"error": {"message": f"boom {KEY}"}}
+    )
+    return groq.APIStatusError(f"Error code: {code} {KEY}", response=response, body=None)
+
+
+def _classify(exc: BaseException, attempt: int = 1) -> Any:
+    return classify(
+        exc, agent="coder", provider="groq", key_var="GROQ_API_KEY",
+        attempt=attempt, base_s=1.0, cap_s=30.0, secrets=[KEY],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("code", [400, 401, 403, 404, 422])
+def test_permanent_statuses_are_non_retryable(code: int) -> None:
+    err = _classify(_status_error(code))
+    assert err.non_retryable and KEY not in err.message and "coder" in err.message
+    if code in (401, 403):
+        assert f"GROQ_API_KEY rejected ({code})" in err.message
+
+
+@pytest.mark.parametrize("code", [408, 409, 429, 500, 502, 503])
+def test_transient_statuses_retry_with_a_delay(code: int) -> None:
+    err = _classify(_status_error(code))
+    assert not err.non_retryable and err.next_retry_delay is not None
+
+
+def test_retry_after_is_a_floor() -> None:
+    for _ in range(20):
+        err = _classify(_status_error(429, {"retry-after": "7"}))
+        assert err.next_retry_delay.total_seconds() >= 7
+    err = _classify(_status_error(503, {"retry-after-ms": "2500"}))
+    assert err.next_retry_delay.total_seconds() >= 2.5
+
+
+def test_retry_after_parsing() -> None:
+    assert retry_after_seconds(httpx.Headers({"retry-after": "3"})) == 3
+    assert retry_after_seconds(httpx.Headers({"retry-after-ms": "150"})) == 0.15
+    assert (
+        retry_after_seconds(httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
+    )
+    assert retry_after_seconds(httpx.Headers({})) is None
+
+
+def test_backoff_is_full_jitter_and_capped() -> None:
+    rng = random.Random(7)
+    delays = [backoff_delay(attempt, 1.0, 8.0, rng) for attempt in range(1, 9)]
+    assert all(0 <= d <= min(8.0, 2 ** (i)) for i, d in enumerate(delays))
+    assert len(set(delays)) == len(delays)  # jittered, not identical
+
+
+def test_timeouts_and_connection_errors_are_retryable() -> None:
+    request = httpx.Request("POST", "http://127.0.0.1")
+    assert not _classify(groq.APITimeoutError(request)).non_retryable
+    err = _classify(groq.APIConnectionError(request=request))
+    assert not err.non_retryable and "unreachable" in err.message
+
+
+def test_research_decision() -> None:
+    assert needs_research("Build a snake game", "auto")[0] is False
+    assert needs_research("Compare the latest Python web frameworks", "auto")[0] is True
+    assert needs_research("How do I parse TOML?", "auto")[0] is True
+    assert needs_research("Build a snake game", "always")[0] is True
+    assert needs_research("latest news", "never")[0] is False
+
+
+def test_parse_files_and_unsafe_paths(tmp_path: Path) -> None:
+    text = "intro\n=== FILE: a/b.py ===\nx = 1\n=== END FILE ===\n=== FILE: c.md ===\n# c\n=== END FILE ==="
+    assert parse_files(text) == {"a/b.py": "x = 1\n", "c.md": "# c\n"}
+    for bad in ("../etc/passwd", "/etc/passwd", "a/../../x", ""):
+        with pytest.raises(UnsafePathError):
+            safe_relative_path(bad)
+    _, size, digest = write_artifact(tmp_path, "a/b.py", "x = 1\n")
+    assert (tmp_path / "a" / "b.py").read_text() == "x = 1\n" and size == 6 and len(digest) == 64
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+async def test_dry_run_records_intents_instead_of_side_effects() -> None:
+    done: list[str] = []
+
+    async def write(ctx: ToolContext, path: str) -> str:
+        done.append(path)
+        return path
+
+    async def read(ctx: ToolContext, q: str) -> str:
+        return q.upper()
+
+    registry = ToolRegistry()
+    registry.register(ToolSpec("write", side_effects=True, description="", fn=write))
+    registry.register(ToolSpec("read", side_effects=False, description="", fn=read))
+    ctx = ToolContext(run_id="r", dry_run=True)
+    assert await registry.dispatch(ctx, "write", path="x.py") is None
+    assert await registry.dispatch(ctx, "read", q="hi") == "HI"
+    assert done == [] and ctx.intents == [{"tool": "write", "args": {"path": "x.py"}}]
+    assert await registry.dispatch(ToolContext(run_id="r"), "write", path="y.py") == "y.py"
+    assert done == ["y.py"]
+
+
+def test_settings_say_what_to_set() -> None:
+    with pytest.raises(ConfigurationError, match="GROQ_API_KEY"):
+        Settings(_env_file=None).provider()
+    with pytest.raises(ConfigurationError, match="LLM_BASE_URL"):
+        Settings(LLM_PROVIDER="openai", _env_file=None).provider()
+    settings = Settings(
+        GROQ_API_KEY=KEY, AGENT_MODELS='{"researcher": "llama-3.1-8b-instant"}', _env_file=None
+    )
+    assert settings.provider() == "groq"
+    assert settings.model_for("researcher") == "llama-3.1-8b-instant"
+    assert settings.model_for("coder") == settings.groq_model
+    assert KEY not in repr(settings) and KEY not in str(settings.model_dump())
+    with pytest.raises(ValueError, match="unknown agents"):
+        Settings(AGENT_MODELS='{"reviewer": "x"}', _env_file=None)
+
+
+def test_docker_compose_is_consistent() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"temporal", "temporal-db", "temporal-ui", "app-db", "api", "worker"} <= set(services)
+    assert services["worker"]["command"] == ["crewline", "worker"]
+    assert services["api"]["command"] == ["crewline", "api"]
+    known = {f.alias for f in Settings.model_fields.values()}
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert set(env) <= known, (
+            f"{name} sets variables crewline does not read: {set(env) - known}"
+        )
+        assert "GROQ_API_KEY" not in env  # secrets come from .env
+    images = [s["image"] for s in services.values() if "image" in s]
+    assert all(":" in i and not i.endswith(":latest") for i in images)
+    assert (REPO / "Dockerfile").is_file()
