@@ -10,14 +10,19 @@ row idempotently, and returns a bounded, typed result.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Awaitable
+from datetime import timedelta
 from typing import TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities import store
+from activities.breaker import BreakerOpenError, BreakerRegistry, CircuitBreaker
 from activities.errors import classify
 from activities.llm import LLMProvider, LLMRequest, LLMResponse
 from activities.prompts import render
@@ -82,11 +87,16 @@ class AgentActivities:
         llm: LLMProvider,
         engine: Engine,
         tools: ToolRegistry,
+        breakers: BreakerRegistry | None = None,
     ) -> None:
         self._settings = settings
         self._llm = llm
         self._engine = engine
         self._tools = tools
+        self._breakers = breakers or BreakerRegistry(
+            settings.breaker_threshold, settings.breaker_open_s
+        )
+        self._worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     # ---- helpers --------------------------------------------------------------------------------
     async def _db(self, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -119,10 +129,25 @@ class AgentActivities:
             system=system,
             user=user,
             max_tokens=self._settings.llm_max_tokens,
+            tag=inp.run_id,
         )
+        breaker = self._breakers.get(self._llm.name, model)
         try:
-            return await self._heartbeating(self._llm.complete(request))
+            await self._breaker_moved(breaker, breaker.before_call())
+        except BreakerOpenError as exc:
+            # Fail fast without touching the network; Temporal retries after the open period.
+            await self._db(
+                store.upsert_step, inp.run_id, inp.agent, status="WAITING", error=str(exc)
+            )
+            raise ApplicationError(
+                f"{inp.agent}: {exc}",
+                type="CircuitOpen",
+                next_retry_delay=timedelta(seconds=exc.retry_in_s),
+            ) from None
+        try:
+            response = await self._heartbeating(self._llm.complete(request))
         except asyncio.CancelledError:
+            breaker.on_abandoned()
             await self._db(store.upsert_step, inp.run_id, inp.agent, status="CANCELLED")
             raise
         except Exception as exc:
@@ -136,6 +161,8 @@ class AgentActivities:
                 cap_s=self._settings.retry_cap_s,
                 secrets=self._llm.secrets(),
             )
+            moved = breaker.on_answer() if error.non_retryable else breaker.on_failure()
+            await self._breaker_moved(breaker, moved)
             status = "FAILED" if error.non_retryable else "ERROR"
             await self._db(
                 store.upsert_step, inp.run_id, inp.agent, status=status, error=error.message
@@ -146,6 +173,13 @@ class AgentActivities:
             # `from None`: the provider exception may echo request details; the classified
             # message is the redacted, actionable one.
             raise error from None
+        await self._breaker_moved(breaker, breaker.on_success())
+        return response
+
+    async def _breaker_moved(self, breaker: CircuitBreaker, moved: bool) -> None:
+        # Persisted on transitions only, so /health (maybe another process) can show it.
+        if moved:
+            await self._db(store.save_breaker, self._worker_id, breaker.snapshot())
 
     async def _finish(
         self, inp: AgentInput, response: LLMResponse, output: str, **extra: object

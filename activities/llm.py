@@ -9,7 +9,7 @@ vLLM, LM Studio, llama.cpp) and `scripted` (canned offline answers, always label
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +31,8 @@ class LLMRequest:
     user: str
     max_tokens: int
     temperature: float = 0.2
+    # Opaque run id sent as the OpenAI-style `user` field (abuse monitoring; never a secret).
+    tag: str | None = None
 
 
 class LLMResponse(BaseModel):
@@ -99,9 +101,10 @@ class GroqProvider:
                 messages=_messages(request),  # type: ignore[arg-type]
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
+                user=request.tag or groq.omit,
             )
-        except groq.APIResponseValidationError as exc:
-            raise MalformedResponseError(str(exc)) from exc
+        except (groq.APIResponseValidationError, json.JSONDecodeError) as exc:
+            raise MalformedResponseError(f"{type(exc).__name__}: {exc}") from exc
         return _parse_completion(raw, self.name, request.model)
 
     def secrets(self) -> list[str]:
@@ -129,9 +132,10 @@ class OpenAICompatProvider:
                 messages=_messages(request),  # type: ignore[arg-type]
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
+                user=request.tag or openai.omit,
             )
-        except openai.APIResponseValidationError as exc:
-            raise MalformedResponseError(str(exc)) from exc
+        except (openai.APIResponseValidationError, json.JSONDecodeError) as exc:
+            raise MalformedResponseError(f"{type(exc).__name__}: {exc}") from exc
         return _parse_completion(raw, self.name, request.model)
 
     def secrets(self) -> list[str]:
@@ -176,7 +180,3 @@ def build_provider(settings: Settings) -> LLMProvider:
     if name == "openai":
         return OpenAICompatProvider(settings)
     return ScriptedProvider(settings)
-
-
-def stable_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]

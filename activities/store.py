@@ -13,7 +13,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from crewline.db import Artifact, Run, Step, session_scope, utcnow
+from activities.breaker import BreakerSnapshot
+from crewline.db import Artifact, BreakerRow, Run, Step, session_scope, utcnow
 
 
 def upsert_step(engine: Engine, run_id: str, agent: str, **fields: Any) -> None:
@@ -54,6 +55,24 @@ def record_artifact(engine: Engine, run_id: str, path: str, size_bytes: int, sha
             run_id=run_id, path=path, size_bytes=0, sha256=""
         )
         row.size_bytes, row.sha256, row.created_at = size_bytes, sha256, utcnow()
+        session.add(row)
+
+
+def save_breaker(engine: Engine, worker: str, snap: BreakerSnapshot) -> None:
+    with session_scope(engine) as session:
+        stmt = select(BreakerRow).where(
+            BreakerRow.worker == worker,
+            BreakerRow.provider == snap.provider,
+            BreakerRow.model == snap.model,
+        )
+        row = session.exec(stmt).first() or BreakerRow(
+            worker=worker, provider=snap.provider, model=snap.model, state=snap.state
+        )
+        row.state = snap.state.value
+        row.consecutive_failures = snap.consecutive_failures
+        row.times_opened = snap.times_opened
+        row.opened_at = snap.opened_at
+        row.updated_at = snap.updated_at
         session.add(row)
 
 

@@ -184,6 +184,28 @@ def cancel(run_id: str) -> None:
     exit_hard(0)
 
 
+@app.command()
+def health() -> None:
+    """API, database, Temporal and LLM checks, and the workers' circuit breakers."""
+    settings = Settings()
+    with _api(settings) as client:
+        try:
+            report = client.get("/health").json()
+        except httpx.ConnectError:
+            _fail(f"cannot reach the crewline API at {settings.resolved_api_url}")
+    for part in ("api", "database", "temporal", "llm"):
+        info = report[part]
+        detail = info.get("error") or info.get("provider") or info.get("address") or ""
+        typer.echo(f"{part:<9} {'ok' if info['ok'] else 'FAIL':<5} {detail}")
+    for b in report["breakers"]:
+        typer.echo(
+            f"breaker   {b['provider']}/{b['model']} {b['state']} "
+            f"(failures in a row: {b['consecutive_failures']}, opened {b['times_opened']}x, "
+            f"worker {b['worker']})"
+        )
+    exit_hard(0 if report["status"] == "ok" else 1)
+
+
 def _configure() -> Settings:
     from crewline.logging import configure_logging
 

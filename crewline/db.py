@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import Column, Engine, Numeric, UniqueConstraint, event
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 
 def utcnow() -> datetime:
@@ -66,6 +66,23 @@ class Artifact(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class BreakerRow(SQLModel, table=True):
+    """Last known state of one worker's circuit breaker for one provider + model."""
+
+    __tablename__ = "breaker_state"
+    __table_args__ = (UniqueConstraint("worker", "provider", "model", name="uq_breaker"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    worker: str = Field(max_length=200)
+    provider: str = Field(max_length=32)
+    model: str = Field(max_length=128)
+    state: str = Field(max_length=16)
+    consecutive_failures: int = 0
+    times_opened: int = 0
+    opened_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     # WAL lets the API read while the worker writes; busy_timeout rides out the short write
     # locks instead of failing with "database is locked".
@@ -107,6 +124,12 @@ def get_run(engine: Engine, run_id: str) -> Run | None:
 def steps_of(engine: Engine, run_id: str) -> list[Step]:
     with Session(engine) as session:
         stmt = select(Step).where(Step.run_id == run_id).order_by(Step.position)  # type: ignore[arg-type]
+        return list(session.exec(stmt))
+
+
+def breakers(engine: Engine) -> list[BreakerRow]:
+    with Session(engine) as session:
+        stmt = select(BreakerRow).order_by(col(BreakerRow.updated_at).desc())
         return list(session.exec(stmt))
 
 

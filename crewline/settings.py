@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     # Full-jitter exponential backoff between attempts of a transient failure.
     retry_base_s: float = Field(default=1.0, alias="LLM_RETRY_BASE_S", ge=0)
     retry_cap_s: float = Field(default=30.0, alias="LLM_RETRY_CAP_S", ge=0)
+    # Temporal's retry budget per agent step: attempts and total time (an open breaker's
+    # fail-fast attempts count too, so leave room to wait one out).
+    llm_max_attempts: int = Field(default=10, alias="LLM_MAX_ATTEMPTS", ge=1)
+    llm_step_timeout_s: float = Field(default=1800.0, alias="LLM_STEP_TIMEOUT_S", gt=0)
+    breaker_threshold: int = Field(default=5, alias="BREAKER_FAILURE_THRESHOLD", ge=1)
+    breaker_open_s: float = Field(default=30.0, alias="BREAKER_OPEN_S", gt=0)
     # Delay the scripted provider adds per call (demos of progress, benchmarks).
     scripted_delay_s: float = Field(default=0.3, alias="SCRIPTED_DELAY_S", ge=0)
 

@@ -68,6 +68,9 @@ class FakeGroq:
     def __init__(self) -> None:
         self.requests: list[Seen] = []
         self.scripts: dict[str, list[Any]] = {}
+        self.run_scripts: dict[tuple[str, str], list[Any]] = {}
+        # While set, every request is answered with this action (an outage).
+        self.outage: Any = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -89,17 +92,31 @@ class FakeGroq:
         with self._lock:
             self.scripts.setdefault(agent, []).extend(actions)
 
-    def calls(self, agent: str | None = None) -> list[Seen]:
+    def script_run(self, run_id: str, agent: str, *actions: Any) -> None:
+        """Actions for one run's agent (matched by the request's `user` field = run id)."""
         with self._lock:
-            return [r for r in self.requests if agent is None or r.agent == agent]
+            self.run_scripts.setdefault((run_id, agent), []).extend(actions)
+
+    def calls(self, agent: str | None = None, run_id: str | None = None) -> list[Seen]:
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if (agent is None or r.agent == agent)
+                and (run_id is None or r.body.get("user") == run_id)
+            ]
 
     def count(self, agent: str) -> int:
         return len(self.calls(agent))
 
-    def _next_action(self, agent: str) -> Any:
+    def _next_action(self, agent: str, run_id: str | None) -> Any:
         with self._lock:
-            queue = self.scripts.get(agent) or []
-            return queue.pop(0) if queue else Reply()
+            if self.outage is not None:
+                return self.outage
+            for queue in (self.run_scripts.get((run_id or "", agent)), self.scripts.get(agent)):
+                if queue:
+                    return queue.pop(0)
+            return Reply()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -131,7 +148,7 @@ class FakeGroq:
                 agent = match.group(1).lower() if match else "unknown"
                 with fake._lock:
                     fake.requests.append(Seen(agent=agent, at=time.monotonic(), body=payload))
-                action = fake._next_action(agent)
+                action = fake._next_action(agent, payload.get("user"))
                 if isinstance(action, Hang):
                     time.sleep(action.seconds)
                     return

@@ -153,3 +153,37 @@ def test_docker_compose_is_consistent() -> None:
     images = [s["image"] for s in services.values() if "image" in s]
     assert all(":" in i and not i.endswith(":latest") for i in images)
     assert (REPO / "Dockerfile").is_file()
+
+
+def test_breaker_state_machine() -> None:
+    from activities.breaker import BreakerOpenError, BreakerState, CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker("groq", "m", threshold=3, open_s=10, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.before_call()
+        breaker.on_failure()
+    breaker.before_call()
+    breaker.on_success()  # two failures then a success: still closed, count reset
+    assert breaker.state == BreakerState.CLOSED and breaker.consecutive_failures == 0
+    for _ in range(3):
+        breaker.before_call()
+        breaker.on_failure()
+    assert breaker.state == BreakerState.OPEN
+    now[0] = 4.0
+    with pytest.raises(BreakerOpenError) as info:
+        breaker.before_call()
+    assert info.value.retry_in_s == pytest.approx(6.0)
+    now[0] = 10.0
+    assert breaker.before_call() is True and breaker.state == BreakerState.HALF_OPEN
+    with pytest.raises(BreakerOpenError):  # exactly one probe
+        breaker.before_call()
+    breaker.on_failure()
+    assert breaker.state == BreakerState.OPEN and breaker.times_opened == 2
+    now[0] = 20.0
+    breaker.before_call()
+    breaker.on_answer()  # a 401 during the probe: the provider is up
+    assert breaker.state == BreakerState.CLOSED
+    breaker.before_call()
+    breaker.on_answer()  # permanent errors never count as failures
+    assert breaker.consecutive_failures == 0

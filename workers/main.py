@@ -7,6 +7,7 @@ they exercise exactly what production runs.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.agents import AgentActivities
+from activities.breaker import BreakerRegistry
 from activities.llm import LLMProvider, build_provider
 from activities.tools.builtin import build_tools, default_search_backend
 from activities.tools.search import SearchBackend
@@ -42,6 +44,7 @@ def build_worker(
     llm: LLMProvider | None = None,
     search_backend: SearchBackend | object | None = _UNSET,
     task_queue: str | None = None,
+    breakers: BreakerRegistry | None = None,
     **worker_options: Any,
 ) -> Worker:
     engine = engine or make_engine(settings.resolved_database_url)
@@ -52,6 +55,7 @@ def build_worker(
         llm=llm,
         engine=engine,
         tools=build_tools(settings, engine, backend),  # type: ignore[arg-type]
+        breakers=breakers,
     )
     return Worker(
         client,
@@ -84,10 +88,19 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
 
 
 def _signal_event() -> asyncio.Event:
+    """First SIGINT/SIGTERM: graceful stop (in-flight calls finish). Second: stop at once —
+    Temporal re-runs the abandoned steps elsewhere after their heartbeat timeout."""
     event = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def _on_signal() -> None:
+        if event.is_set():
+            log.warning("worker.forced_exit")
+            os._exit(1)
+        event.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, event.set)
+        loop.add_signal_handler(sig, _on_signal)
     return event
 
 

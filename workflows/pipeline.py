@@ -9,6 +9,7 @@ change them only with a versioning plan.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 from decimal import Decimal
 
@@ -40,15 +41,25 @@ _METHODS = {
 # what detects a dead worker quickly. Retries are bounded: Temporal's default is unlimited.
 LLM_START_TO_CLOSE = timedelta(minutes=5)
 LLM_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+LLM_STEP_TIMEOUT = timedelta(minutes=30)  # all attempts of one step, waits included
 LLM_RETRY = RetryPolicy(
+    # The interval fields are a fallback: our activities set `next_retry_delay` themselves
+    # (full-jitter backoff, Retry-After, breaker open period).
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=60),
-    maximum_attempts=6,
+    maximum_attempts=10,
     non_retryable_error_types=["LLMAuthError", "LLMBadRequest", "ConfigurationError"],
 )
 BOOKKEEPING_START_TO_CLOSE = timedelta(seconds=30)
 BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20)
+
+
+class StepRetry(BaseModel):
+    """Per-run override of the step retry budget (from settings, via the API)."""
+
+    max_attempts: int
+    timeout_s: float
 
 
 class PipelineInput(BaseModel):
@@ -56,6 +67,7 @@ class PipelineInput(BaseModel):
     query: str
     budget_usd: Decimal | None = None
     dry_run: bool = False
+    retry: StepRetry | None = None
 
 
 class StepProgress(BaseModel):
@@ -171,8 +183,15 @@ class AgentPipelineWorkflow:
                 dry_run=inp.dry_run,
             ),
             start_to_close_timeout=LLM_START_TO_CLOSE,
+            schedule_to_close_timeout=(
+                timedelta(seconds=inp.retry.timeout_s) if inp.retry else LLM_STEP_TIMEOUT
+            ),
             heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,
-            retry_policy=LLM_RETRY,
+            retry_policy=(
+                dataclasses.replace(LLM_RETRY, maximum_attempts=inp.retry.max_attempts)
+                if inp.retry
+                else LLM_RETRY
+            ),
             summary=STEP_SUMMARIES[agent],
         )
         step.status = "COMPLETED"

@@ -1,49 +1,48 @@
-"""`/health`: is the API up, can it reach its database and Temporal, is an LLM provider set?"""
+"""`/health`: is the API up, can it reach its database and Temporal, is an LLM provider set, and
+what state are the workers' circuit breakers in (as last persisted by each worker)?"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Response, status
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from api.deps import EngineDep, SettingsDep, TemporalDep
+from crewline.db import breakers
 from crewline.settings import ConfigurationError
 
 router = APIRouter(tags=["health"])
 
 
-def _db_ok(engine: EngineDep) -> None:
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+def _database(engine: Engine) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        rows = [b.model_dump(exclude={"id"}) for b in breakers(engine)]
+    except Exception as exc:
+        return {"ok": False, "error": type(exc).__name__}, []
+    return {"ok": True}, rows
 
 
 @router.get("/health")
 async def health(
     response: Response, settings: SettingsDep, engine: EngineDep, client: TemporalDep
-) -> dict[str, object]:
-    report: dict[str, object] = {"api": {"ok": True}}
-    try:
-        await run_in_threadpool(_db_ok, engine)
-        report["database"] = {"ok": True}
-    except Exception as exc:
-        report["database"] = {"ok": False, "error": type(exc).__name__}
+) -> dict[str, Any]:
+    database, breaker_rows = await run_in_threadpool(_database, engine)
+    temporal: dict[str, Any] = {"ok": True, "address": settings.temporal_address}
     try:
         await asyncio.wait_for(client.service_client.check_health(), timeout=3)
-        report["temporal"] = {"ok": True, "address": settings.temporal_address}
     except Exception as exc:
-        report["temporal"] = {
-            "ok": False,
-            "address": settings.temporal_address,
-            "error": type(exc).__name__,
-        }
+        temporal.update(ok=False, error=type(exc).__name__)
     try:
-        report["llm"] = {"ok": True, "provider": settings.provider()}
+        llm: dict[str, Any] = {"ok": True, "provider": settings.provider()}
     except ConfigurationError as exc:
-        report["llm"] = {"ok": False, "error": str(exc)}
-    healthy = all(part["ok"] for part in report.values())  # type: ignore[index]
-    report["status"] = "ok" if healthy else "degraded"
+        llm = {"ok": False, "error": str(exc)}
+    parts = {"api": {"ok": True}, "database": database, "temporal": temporal, "llm": llm}
+    healthy = all(part["ok"] for part in parts.values())
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return report
+    return {"status": "ok" if healthy else "degraded", **parts, "breakers": breaker_rows}

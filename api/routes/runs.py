@@ -35,7 +35,7 @@ from api.schemas import (
 )
 from crewline.db import Run, artifacts_of, get_run, session_scope, steps_of
 from crewline.settings import ConfigurationError, Settings
-from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
+from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, StepRetry
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -142,7 +142,14 @@ async def create_run(
     try:
         await client.start_workflow(
             AgentPipelineWorkflow.run,
-            PipelineInput(run_id=run.run_id, query=body.query, budget_usd=body.budget_usd),
+            PipelineInput(
+                run_id=run.run_id,
+                query=body.query,
+                budget_usd=body.budget_usd,
+                retry=StepRetry(
+                    max_attempts=settings.llm_max_attempts, timeout_s=settings.llm_step_timeout_s
+                ),
+            ),
             id=run.run_id,
             task_queue=settings.task_queue,
             static_summary=f"crewline run: {body.query[:120]}",
