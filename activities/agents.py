@@ -2,9 +2,9 @@
 
 Each agent runs in an activity because it does I/O (LLM, search, files, database); Temporal
 records its result, so a crashed worker resumes at the step it was in and finished steps are never
-run — or billed — again. Each activity: renders its prompt, calls the LLM while heartbeating (so a
-dead worker is noticed in seconds), classifies failures (`activities/errors.py`), writes its step
-row idempotently, and returns a bounded, typed result.
+run — or billed — again. Each activity renders its prompt, makes one metered LLM call
+(`activities/calls.py`: budget, breaker, heartbeat, error classification, ledger), writes its
+step row idempotently, and returns a bounded, typed result.
 """
 
 from __future__ import annotations
@@ -12,33 +12,29 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable
-from datetime import timedelta
-from typing import TypeVar
+from decimal import Decimal
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities import store
-from activities.breaker import BreakerOpenError, BreakerRegistry, CircuitBreaker
-from activities.errors import classify
-from activities.llm import LLMProvider, LLMRequest, LLMResponse
+from activities.breaker import BreakerRegistry
+from activities.calls import CallOutcome, MeteredCaller
+from activities.llm import LLMProvider
 from activities.prompts import render
 from activities.research import needs_research
 from activities.tools import ToolContext, ToolRegistry
 from activities.tools.files import parse_files
 from activities.tools.search import SearchOutcome
+from costs.pricing import Pricer
 from crewline.db import utcnow
 from crewline.settings import AGENTS, Settings
 
 # Outputs handed back to the workflow are stored in its history: keep them bounded. The full
 # text is in the step row.
 MAX_RESULT_CHARS = 16_000
-HEARTBEAT_EVERY_S = 2.0
-
-T = TypeVar("T")
 
 
 class AgentInput(BaseModel):
@@ -47,6 +43,8 @@ class AgentInput(BaseModel):
     agent: str
     context: dict[str, str] = {}
     dry_run: bool = False
+    # What the run may still spend (budget - settled spend); None = no budget.
+    budget_left_usd: Decimal | None = None
 
 
 class AgentResult(BaseModel):
@@ -62,6 +60,9 @@ class AgentResult(BaseModel):
     notes: str | None = None
     artifacts: list[str] = []
     intents: list[dict[str, object]] = []
+    # Settled cost of every attempt of this step, from the ledger.
+    cost_usd: Decimal = Decimal(0)
+    max_tokens_shrunk: bool = False
 
 
 class RunUpdate(BaseModel):
@@ -72,6 +73,7 @@ class RunUpdate(BaseModel):
     error: str | None = None
     failed_agent: str | None = None
     cancelled_agent: str | None = None
+    budget_usd: Decimal | None = None
 
 
 def _bounded(text: str) -> str:
@@ -87,110 +89,47 @@ class AgentActivities:
         llm: LLMProvider,
         engine: Engine,
         tools: ToolRegistry,
+        pricer: Pricer,
         breakers: BreakerRegistry | None = None,
     ) -> None:
         self._settings = settings
         self._llm = llm
         self._engine = engine
         self._tools = tools
-        self._breakers = breakers or BreakerRegistry(
-            settings.breaker_threshold, settings.breaker_open_s
+        self._caller = MeteredCaller(
+            settings,
+            llm,
+            engine,
+            pricer,
+            breakers or BreakerRegistry(settings.breaker_threshold, settings.breaker_open_s),
+            worker_id=f"{socket.gethostname()}:{os.getpid()}",
         )
-        self._worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     # ---- helpers --------------------------------------------------------------------------------
     async def _db(self, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         # SQLAlchemy is synchronous: keep it off the worker's event loop.
         await asyncio.to_thread(fn, self._engine, *args, **kwargs)
 
-    async def _heartbeating(self, work: Awaitable[T]) -> T:
-        task = asyncio.ensure_future(work)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
-                if done:
-                    return task.result()
-                activity.heartbeat()
-        finally:
-            task.cancel()
-
-    async def _call(self, inp: AgentInput, system: str, user: str) -> LLMResponse:
-        attempt = activity.info().attempt
-        model = self._settings.model_for(inp.agent)
+    async def _call(self, inp: AgentInput, system: str, user: str) -> CallOutcome:
         await self._db(
             store.upsert_step, inp.run_id, inp.agent,
-            position=AGENTS.index(inp.agent), status="RUNNING", attempt=attempt,
-            model=model, provider=self._llm.name, error=None,
+            position=AGENTS.index(inp.agent), status="RUNNING", attempt=activity.info().attempt,
+            model=self._settings.model_for(inp.agent), provider=self._llm.name, error=None,
             started_at=utcnow(), finished_at=None,
         )  # fmt: skip
-        request = LLMRequest(
-            agent=inp.agent,
-            model=model,
-            system=system,
-            user=user,
-            max_tokens=self._settings.llm_max_tokens,
-            tag=inp.run_id,
-        )
-        breaker = self._breakers.get(self._llm.name, model)
-        try:
-            await self._breaker_moved(breaker, breaker.before_call())
-        except BreakerOpenError as exc:
-            # Fail fast without touching the network; Temporal retries after the open period.
-            await self._db(
-                store.upsert_step, inp.run_id, inp.agent, status="WAITING", error=str(exc)
-            )
-            raise ApplicationError(
-                f"{inp.agent}: {exc}",
-                type="CircuitOpen",
-                next_retry_delay=timedelta(seconds=exc.retry_in_s),
-            ) from None
-        try:
-            response = await self._heartbeating(self._llm.complete(request))
-        except asyncio.CancelledError:
-            breaker.on_abandoned()
-            await self._db(store.upsert_step, inp.run_id, inp.agent, status="CANCELLED")
-            raise
-        except Exception as exc:
-            error = classify(
-                exc,
-                agent=inp.agent,
-                provider=self._llm.name,
-                key_var=self._llm.key_var,
-                attempt=attempt,
-                base_s=self._settings.retry_base_s,
-                cap_s=self._settings.retry_cap_s,
-                secrets=self._llm.secrets(),
-            )
-            moved = breaker.on_answer() if error.non_retryable else breaker.on_failure()
-            await self._breaker_moved(breaker, moved)
-            status = "FAILED" if error.non_retryable else "ERROR"
-            await self._db(
-                store.upsert_step, inp.run_id, inp.agent, status=status, error=error.message
-            )
-            activity.logger.warning(
-                "agent call failed", extra={"agent": inp.agent, "error": error.message}
-            )
-            # `from None`: the provider exception may echo request details; the classified
-            # message is the redacted, actionable one.
-            raise error from None
-        await self._breaker_moved(breaker, breaker.on_success())
-        return response
-
-    async def _breaker_moved(self, breaker: CircuitBreaker, moved: bool) -> None:
-        # Persisted on transitions only, so /health (maybe another process) can show it.
-        if moved:
-            await self._db(store.save_breaker, self._worker_id, breaker.snapshot())
+        return await self._caller.call(inp.run_id, inp.agent, system, user, inp.budget_left_usd)
 
     async def _finish(
-        self, inp: AgentInput, response: LLMResponse, output: str, **extra: object
+        self, inp: AgentInput, outcome: CallOutcome, output: str, **extra: Any
     ) -> AgentResult:
         attempt = activity.info().attempt
-        notes = extra.get("notes")
+        response = outcome.response
         await self._db(
             store.upsert_step, inp.run_id, inp.agent,
-            status="COMPLETED", output=output, notes=notes, model=response.model,
+            status="COMPLETED", output=output, notes=extra.get("notes"), model=response.model,
             prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
             attempt=attempt, error=None, finished_at=utcnow(),
+            cost_usd=outcome.step_cost_usd, reserved_usd=0,
         )  # fmt: skip
         return AgentResult(
             agent=inp.agent,
@@ -202,7 +141,9 @@ class AgentActivities:
             usage_estimated=response.usage_estimated,
             scripted=response.scripted,
             attempt=attempt,
-            **extra,  # type: ignore[arg-type]
+            cost_usd=outcome.step_cost_usd,
+            max_tokens_shrunk=outcome.max_tokens_shrunk,
+            **extra,
         )
 
     # ---- the agents -----------------------------------------------------------------------------
@@ -210,34 +151,34 @@ class AgentActivities:
     async def research(self, inp: AgentInput) -> AgentResult:
         wanted, why = needs_research(inp.query, self._settings.research_mode)
         if wanted:
-            outcome: SearchOutcome = await self._tools.dispatch(
+            found: SearchOutcome = await self._tools.dispatch(
                 ToolContext(run_id=inp.run_id, dry_run=inp.dry_run),
                 "web_search",
                 query=inp.query,
             )
         else:
-            outcome = SearchOutcome(skipped_reason=f"no web search needed: {why}")
-        if outcome.hits:
-            results = "\n".join(f"- {h.title} ({h.url}): {h.snippet}" for h in outcome.hits)
-            notes: str | None = f"searched the web: {len(outcome.hits)} results"
+            found = SearchOutcome(skipped_reason=f"no web search needed: {why}")
+        if found.hits:
+            results = "\n".join(f"- {h.title} ({h.url}): {h.snippet}" for h in found.hits)
+            notes: str | None = f"searched the web: {len(found.hits)} results"
         else:
-            results = f"(none — {outcome.skipped_reason})"
-            notes = outcome.skipped_reason
+            results = f"(none — {found.skipped_reason})"
+            notes = found.skipped_reason
         prompt = render("researcher", query=inp.query, search_results=results)
-        response = await self._call(inp, prompt.system, prompt.user)
-        return await self._finish(inp, response, response.text, notes=notes)
+        outcome = await self._call(inp, prompt.system, prompt.user)
+        return await self._finish(inp, outcome, outcome.response.text, notes=notes)
 
     @activity.defn(name="planner")
     async def plan(self, inp: AgentInput) -> AgentResult:
         prompt = render("planner", query=inp.query, research=inp.context.get("researcher", ""))
-        response = await self._call(inp, prompt.system, prompt.user)
-        return await self._finish(inp, response, response.text)
+        outcome = await self._call(inp, prompt.system, prompt.user)
+        return await self._finish(inp, outcome, outcome.response.text)
 
     @activity.defn(name="executor")
     async def execute(self, inp: AgentInput) -> AgentResult:
         prompt = render("executor", query=inp.query, plan=inp.context.get("planner", ""))
-        response = await self._call(inp, prompt.system, prompt.user)
-        return await self._finish(inp, response, response.text)
+        outcome = await self._call(inp, prompt.system, prompt.user)
+        return await self._finish(inp, outcome, outcome.response.text)
 
     @activity.defn(name="coder")
     async def code(self, inp: AgentInput) -> AgentResult:
@@ -247,7 +188,8 @@ class AgentActivities:
             plan=inp.context.get("planner", ""),
             architecture=inp.context.get("executor", ""),
         )
-        response = await self._call(inp, prompt.system, prompt.user)
+        outcome = await self._call(inp, prompt.system, prompt.user)
+        response = outcome.response
         files = parse_files(response.text)
         notes = None
         if not files:
@@ -262,7 +204,7 @@ class AgentActivities:
         summary = "\n".join(f"- {p}" for p in files)
         output = f"Wrote {len(files)} file(s):\n{summary}\n\n{response.text}"
         return await self._finish(
-            inp, response, output, notes=notes, artifacts=artifacts, intents=ctx.intents
+            inp, outcome, output, notes=notes, artifacts=artifacts, intents=ctx.intents
         )
 
     @activity.defn(name="finalizer")
@@ -274,14 +216,14 @@ class AgentActivities:
             artifacts=inp.context.get("artifacts", "(none)"),
             research=inp.context.get("researcher", ""),
         )
-        response = await self._call(inp, prompt.system, prompt.user)
-        return await self._finish(inp, response, response.text)
+        outcome = await self._call(inp, prompt.system, prompt.user)
+        return await self._finish(inp, outcome, outcome.response.text)
 
     # ---- run bookkeeping -------------------------------------------------------------------------
     @activity.defn(name="record_run")
     async def record_run(self, update: RunUpdate) -> None:
         fields: dict[str, object] = {"status": update.status, "provider": self._llm.name}
-        for name in ("query", "final_answer", "error", "failed_agent"):
+        for name in ("query", "final_answer", "error", "failed_agent", "budget_usd"):
             value = getattr(update, name)
             if value is not None:
                 fields[name] = value

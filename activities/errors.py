@@ -77,6 +77,7 @@ def classify(
     base_s: float,
     cap_s: float,
     secrets: list[str],
+    rng: random.Random | None = None,
 ) -> ApplicationError:
     """Turn a provider exception into the `ApplicationError` Temporal should see."""
     where = f"{agent}: {provider}"
@@ -96,7 +97,7 @@ def classify(
                 non_retryable=True,
             )
         if status in RETRYABLE_STATUSES or status >= 500:
-            delay = backoff_delay(attempt, base_s, cap_s)
+            delay = backoff_delay(attempt, base_s, cap_s, rng)
             asked = retry_after_seconds(exc.response.headers)
             if asked is not None:
                 delay = max(delay, asked)
@@ -110,7 +111,7 @@ def classify(
             type="LLMBadRequest",
             non_retryable=True,
         )
-    jitter = timedelta(seconds=backoff_delay(attempt, base_s, cap_s))
+    jitter = timedelta(seconds=backoff_delay(attempt, base_s, cap_s, rng))
     if isinstance(exc, TIMEOUT_ERRORS):
         return ApplicationError(
             f"{where}: call timed out", type="LLMTimeout", next_retry_delay=jitter

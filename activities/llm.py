@@ -41,6 +41,9 @@ class LLMResponse(BaseModel):
     provider: str
     prompt_tokens: int | None
     completion_tokens: int | None
+    cached_tokens: int = 0
+    # The provider's own usage object, for genai-prices' usage extraction.
+    raw_usage: dict[str, Any] | None = None
     usage_estimated: bool = False
     scripted: bool = False
 
@@ -64,12 +67,15 @@ def _parse_completion(raw: Any, provider: str, fallback_model: str) -> LLMRespon
     if not isinstance(text, str) or not text.strip():
         raise MalformedResponseError("response has an empty message")
     usage = getattr(raw, "usage", None)
+    details = getattr(usage, "prompt_tokens_details", None)
     return LLMResponse(
         text=text,
         model=getattr(raw, "model", None) or fallback_model,
         provider=provider,
         prompt_tokens=getattr(usage, "prompt_tokens", None),
         completion_tokens=getattr(usage, "completion_tokens", None),
+        cached_tokens=getattr(details, "cached_tokens", None) or 0,
+        raw_usage=usage.model_dump(exclude_none=True) if usage is not None else None,
     )
 
 

@@ -9,7 +9,6 @@ from enum import StrEnum
 from pydantic import BaseModel, Field, field_validator
 
 MAX_QUERY_CHARS = 4000
-MAX_BUDGET_USD = Decimal("100")
 
 
 class RunStatus(StrEnum):
@@ -19,6 +18,7 @@ class RunStatus(StrEnum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    WAITING_FOR_BUDGET = "WAITING_FOR_BUDGET"
 
 
 TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.BUDGET_EXCEEDED}
@@ -26,7 +26,8 @@ TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatu
 
 class RunCreate(BaseModel):
     query: str = Field(max_length=MAX_QUERY_CHARS, description="What the agents should do")
-    budget_usd: Decimal | None = Field(default=None, gt=0, le=MAX_BUDGET_USD, decimal_places=6)
+    # Upper bound (MAX_BUDGET_USD) is a setting, checked by the handler.
+    budget_usd: Decimal | None = Field(default=None, gt=0, decimal_places=6)
 
     @field_validator("query")
     @classmethod
@@ -36,10 +37,15 @@ class RunCreate(BaseModel):
         return value.strip()
 
 
+class BudgetRaiseIn(BaseModel):
+    budget_usd: Decimal = Field(gt=0, decimal_places=6)
+
+
 class RunLinks(BaseModel):
     self: str
     artifacts: str
     cancel: str
+    costs: str
     temporal_ui: str
 
 
@@ -60,6 +66,7 @@ class StepOut(BaseModel):
     completion_tokens: int | None
     attempt: int
     error: str | None
+    cost_usd: Decimal | None
     started_at: datetime | None
     finished_at: datetime | None
 
@@ -85,6 +92,49 @@ class RunOut(BaseModel):
     steps: list[StepOut] = []
     artifacts: list[ArtifactOut] = []
     links: RunLinks
+
+
+class CallOut(BaseModel):
+    agent: str
+    provider: str
+    model: str
+    attempt: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: Decimal
+    input_per_mtok: Decimal | None
+    output_per_mtok: Decimal | None
+    price_source: str
+    usage_source: str
+    shadow: bool
+    created_at: datetime
+
+
+class RunCosts(BaseModel):
+    run_id: str
+    budget_usd: Decimal | None
+    total_usd: Decimal
+    reserved_usd: Decimal
+    by_agent: dict[str, Decimal]
+    calls: list[CallOut]
+
+
+class CostGroup(BaseModel):
+    key: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_usd: Decimal
+
+
+class CostReport(BaseModel):
+    group_by: str
+    total_usd: Decimal
+    groups: int
+    limit: int
+    offset: int
+    items: list[CostGroup]
 
 
 class RunPage(BaseModel):

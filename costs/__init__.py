@@ -1,1 +1,5 @@
-"""Prices, usage → cost, the ledger and budgets (not built yet: see the open issues)."""
+"""Prices, usage → cost, the ledger and budgets.
+
+Money is `Decimal` everywhere (stored as integer pico-dollars so SQLite sums stay exact); an
+unknown price is an error, never a silent $0.
+"""

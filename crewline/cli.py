@@ -12,11 +12,13 @@ import os
 import sys
 import time
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
 
+from costs.pricing import UnknownPriceError
 from crewline.settings import ConfigurationError, Settings
 
 app = typer.Typer(
@@ -81,14 +83,23 @@ def _step_line(step: dict[str, Any]) -> str:
     attempt = f"  attempt {step['attempt']}" if step.get("attempt", 1) > 1 else ""
     extra = f"  {step['error']}" if step.get("error") else ""
     model = f"  [{step['model']}]" if step.get("model") else ""
+    if step.get("cost_usd") is not None:
+        tokens += f"  ${Decimal(step['cost_usd']):.6f}"
     label = "working…" if status == "RUNNING" else status.lower()
     return (
         f"  {mark} {step['agent']:<10} {label:<10} {_elapsed(step)}{tokens}{model}{attempt}{extra}"
     )
 
 
+def _spend(run: dict[str, Any]) -> str:
+    spent = sum((Decimal(s["cost_usd"]) for s in run["steps"] if s.get("cost_usd")), Decimal(0))
+    budget = f" of ${Decimal(run['budget_usd']):.2f}" if run.get("budget_usd") else ""
+    return f"${spent:.6f}{budget}"
+
+
 def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
     seen: dict[str, tuple[str, int]] = {}
+    status = ""
     started = time.monotonic()
     while True:
         run = _request(settings, "GET", f"/runs/{run_id}")
@@ -97,8 +108,15 @@ def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
             if seen.get(step["agent"]) != key:
                 seen[step["agent"]] = key
                 typer.echo(_step_line(step))
+        if run["status"] != status:
+            status = run["status"]
+            if status == "WAITING_FOR_BUDGET":
+                typer.echo(
+                    f"  paused: {run.get('error')}\n  raise it with: crewline budget {run_id} <usd>"
+                )
         if run["status"] in TERMINAL:
-            typer.echo(f"  run {run['status']} in {time.monotonic() - started:.1f}s")
+            elapsed = time.monotonic() - started
+            typer.echo(f"  run {run['status']} in {elapsed:.1f}s, spent {_spend(run)}")
             return run  # type: ignore[no-any-return]
         time.sleep(0.5)
 
@@ -185,6 +203,40 @@ def cancel(run_id: str) -> None:
 
 
 @app.command()
+def budget(run_id: str, usd: Annotated[str, typer.Argument(help="New budget in USD")]) -> None:
+    """Raise a run's budget; a run paused for budget resumes."""
+    settings = Settings()
+    state = _request(settings, "POST", f"/runs/{run_id}/budget", json={"budget_usd": usd})
+    typer.echo(f"{run_id}: budget ${state['budget_usd']}, spent so far ${state['spent_usd']}")
+    exit_hard(0)
+
+
+@app.command()
+def costs(
+    by: Annotated[str, typer.Option("--by", help="agent | model | day | run | version")] = "agent",
+    since: Annotated[str | None, typer.Option(help="ISO date/time, inclusive")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO date/time, exclusive")] = None,
+    limit: Annotated[int, typer.Option()] = 50,
+) -> None:
+    """Spend grouped by agent, model, day, run or version."""
+    settings = Settings()
+    params: dict[str, Any] = {"group_by": by, "limit": limit}
+    if since:
+        params["since"] = since
+    if until:
+        params["until"] = until
+    report = _request(settings, "GET", "/costs", params=params)
+    typer.echo(f"{by:<28} {'calls':>6} {'prompt tok':>11} {'compl tok':>10} {'USD':>14}")
+    for item in report["items"]:
+        typer.echo(
+            f"{item['key'][:28]:<28} {item['calls']:>6} {item['prompt_tokens']:>11} "
+            f"{item['completion_tokens']:>10} {Decimal(item['total_usd']):>14.6f}"
+        )
+    typer.echo(f"{'total':<28} {'':>6} {'':>11} {'':>10} {Decimal(report['total_usd']):>14.6f}")
+    exit_hard(0)
+
+
+@app.command()
 def health() -> None:
     """API, database, Temporal and LLM checks, and the workers' circuit breakers."""
     settings = Settings()
@@ -222,7 +274,7 @@ def up() -> None:
     settings = _configure()
     try:
         asyncio.run(run_stack(settings))
-    except (ConfigurationError, RuntimeError, TimeoutError) as exc:
+    except (ConfigurationError, UnknownPriceError, RuntimeError, TimeoutError) as exc:
         _fail(str(exc))
     exit_hard(0)
 
@@ -235,7 +287,7 @@ def worker() -> None:
     settings = _configure()
     try:
         asyncio.run(run_worker(settings))
-    except ConfigurationError as exc:
+    except (ConfigurationError, UnknownPriceError) as exc:
         _fail(str(exc))
     except RuntimeError as exc:
         _fail(f"{exc} (TEMPORAL_ADDRESS={settings.temporal_address})")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import Column, Engine, Numeric, UniqueConstraint, event
+from sqlalchemy import BigInteger, Column, Engine, Numeric, UniqueConstraint, event
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 
@@ -51,6 +51,9 @@ class Step(SQLModel, table=True):
     completion_tokens: int | None = None
     attempt: int = 1
     error: str | None = None
+    cost_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 10)))
+    # Worst case of the call in flight (0 when none): live "reserved" spend.
+    reserved_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 10)))
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -64,6 +67,51 @@ class Artifact(SQLModel, table=True):
     size_bytes: int
     sha256: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+PICO = Decimal("1e12")
+
+
+def to_pico(usd: Decimal) -> int:
+    """Money is stored as integer pico-dollars: exact sums on SQLite and PostgreSQL alike."""
+    return int((usd * PICO).to_integral_value())
+
+
+def from_pico(value: int | None) -> Decimal:
+    return (Decimal(value or 0) / PICO).normalize() if value else Decimal(0)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One LLM call attempt the provider accepted. Keyed so a retry or replay cannot double it."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "activity_id", "attempt", name="uq_ledger_attempt"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=64)
+    workflow_id: str = Field(max_length=200)
+    activity_id: str = Field(max_length=64)
+    attempt: int
+    agent: str = Field(index=True, max_length=32)
+    provider: str = Field(max_length=32)
+    model: str = Field(index=True, max_length=128)
+    version: str | None = Field(default=None, max_length=64)
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    cost_pusd: int = Field(sa_column=Column(BigInteger, nullable=False))
+    input_per_mtok: str | None = Field(default=None, max_length=32)
+    output_per_mtok: str | None = Field(default=None, max_length=32)
+    price_source: str = Field(max_length=64)
+    usage_source: str = Field(max_length=16)  # "reported" | "estimated"
+    shadow: bool = False
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return from_pico(self.cost_pusd)
 
 
 class BreakerRow(SQLModel, table=True):

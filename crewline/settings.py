@@ -8,11 +8,14 @@ Secrets are `SecretStr`, so they never show up in a repr, a log line or an error
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from costs.pricing import ModelPrice
 
 AGENTS: tuple[str, ...] = ("researcher", "planner", "executor", "coder", "finalizer")
 
@@ -43,12 +46,26 @@ class Settings(BaseSettings):
     # Full-jitter exponential backoff between attempts of a transient failure.
     retry_base_s: float = Field(default=1.0, alias="LLM_RETRY_BASE_S", ge=0)
     retry_cap_s: float = Field(default=30.0, alias="LLM_RETRY_CAP_S", ge=0)
+    retry_jitter_seed: int | None = Field(default=None, alias="RETRY_JITTER_SEED")
     # Temporal's retry budget per agent step: attempts and total time (an open breaker's
     # fail-fast attempts count too, so leave room to wait one out).
     llm_max_attempts: int = Field(default=10, alias="LLM_MAX_ATTEMPTS", ge=1)
     llm_step_timeout_s: float = Field(default=1800.0, alias="LLM_STEP_TIMEOUT_S", gt=0)
     breaker_threshold: int = Field(default=5, alias="BREAKER_FAILURE_THRESHOLD", ge=1)
     breaker_open_s: float = Field(default=30.0, alias="BREAKER_OPEN_S", gt=0)
+    # --- costs ---------------------------------------------------------------------------------
+    # Explicit prices for models genai-prices does not know (local / OpenAI-compatible), per
+    # million tokens: MODEL_PRICES='{"llama3.1": {"input_per_mtok": "0", "output_per_mtok": "0"}}'
+    model_prices: Annotated[dict[str, ModelPrice], NoDecode] = Field(
+        default_factory=dict, alias="MODEL_PRICES"
+    )
+    default_budget_usd: Decimal = Field(default=Decimal("1.00"), alias="DEFAULT_BUDGET_USD", gt=0)
+    max_budget_usd: Decimal = Field(default=Decimal("100"), alias="MAX_BUDGET_USD", gt=0)
+    # Shrink a call's max_tokens to fit the budget only if at least this many remain.
+    budget_min_tokens: int = Field(default=256, alias="BUDGET_MIN_TOKENS", ge=1)
+    on_budget_exhausted: Literal["stop", "wait"] = Field(
+        default="stop", alias="ON_BUDGET_EXHAUSTED"
+    )
     # Delay the scripted provider adds per call (demos of progress, benchmarks).
     scripted_delay_s: float = Field(default=0.3, alias="SCRIPTED_DELAY_S", ge=0)
 
@@ -75,19 +92,18 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_json: bool = Field(default=False, alias="LOG_JSON")
 
-    @field_validator("agent_models", mode="before")
+    @field_validator("agent_models", "model_prices", mode="before")
     @classmethod
-    def _parse_agent_models(cls, value: object) -> object:
+    def _parse_json(cls, value: object) -> object:
         if isinstance(value, str):
             if not value.strip():
                 return {}
             try:
-                parsed = json.loads(value)
+                return json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(
-                    'AGENT_MODELS must be JSON, e.g. {"coder": "llama-3.3-70b-versatile"}'
+                    'must be JSON, e.g. AGENT_MODELS=\'{"coder": "llama-3.3-70b-versatile"}\''
                 ) from exc
-            return parsed
         return value
 
     @field_validator("agent_models")

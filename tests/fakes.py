@@ -32,9 +32,12 @@ DEFAULT_TEXT = {
 
 @dataclass
 class Reply:
+    """A chat completion. `prompt_tokens=None`: about 4 characters per token of the messages,
+    like a real tokenizer; `completion_tokens=None`: all of the request's `max_tokens`."""
+
     text: str | None = None
-    prompt_tokens: int = 100
-    completion_tokens: int = 50
+    prompt_tokens: int | None = 100
+    completion_tokens: int | None = 50
     delay_s: float = 0.0
 
 
@@ -162,6 +165,15 @@ class FakeGroq:
                 if action.delay_s:
                     time.sleep(action.delay_s)
                 text = action.text if action.text is not None else DEFAULT_TEXT.get(agent, "ok")
+                chars = sum(len(m["content"]) for m in payload.get("messages", []))
+                prompt_tokens = chars // 4 if action.prompt_tokens is None else action.prompt_tokens
+                # A real provider never answers with more than the request's max_tokens.
+                limit = int(payload.get("max_tokens") or 1024)
+                completion_tokens = (
+                    limit
+                    if action.completion_tokens is None
+                    else min(action.completion_tokens, limit)
+                )
                 body = {
                     "id": f"chatcmpl-{len(fake.requests)}",
                     "object": "chat.completion",
@@ -175,9 +187,9 @@ class FakeGroq:
                         }
                     ],
                     "usage": {
-                        "prompt_tokens": action.prompt_tokens,
-                        "completion_tokens": action.completion_tokens,
-                        "total_tokens": action.prompt_tokens + action.completion_tokens,
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
                     },
                 }
                 self._send(200, json.dumps(body))

@@ -78,7 +78,7 @@ async def test_post_run_202_then_completed_with_steps_and_artifacts(
         ({"query": "x" * 4001}, "at most 4000 characters"),
         ({}, "Field required"),
         ({"query": "ok", "budget_usd": "-1"}, "greater than 0"),
-        ({"query": "ok", "budget_usd": "1000000"}, "less than or equal to 100"),
+        ({"query": "ok", "budget_usd": "1000000"}, "above the maximum of 100 (MAX_BUDGET_USD)"),
     ],
 )
 async def test_bad_requests_are_422_and_start_nothing(

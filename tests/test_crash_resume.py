@@ -9,6 +9,7 @@ from typing import Any
 
 from temporalio.client import Client
 
+from costs.ledger import calls_of
 from crewline.db import steps_of
 from crewline.settings import Settings
 from tests.conftest import assert_eventually
@@ -51,3 +52,8 @@ async def test_worker_killed_during_coder_resumes_on_new_worker(
     assert len(steps) == 5 and len({s.agent for s in steps}) == 5
     coder = next(s for s in steps if s.agent == "coder")
     assert coder.status == "COMPLETED" and coder.attempt == 2
+    # The killed attempt never got an answer: one ledger row per agent, none charged twice.
+    ledger = calls_of(engine, run_id)
+    assert sorted((c.agent, c.attempt) for c in ledger) == sorted(
+        [("researcher", 1), ("planner", 1), ("executor", 1), ("coder", 2), ("finalizer", 1)]
+    )

@@ -57,11 +57,12 @@ async def test_5xx_then_success_backs_off_with_growing_jittered_delays(
     client: Client, settings: Settings, fake_groq: FakeGroq, new_worker: Callable[..., Worker]
 ) -> None:
     base, cap, k = 0.4, 5.0, 3
-    settings = settings.model_copy(update={"retry_base_s": base, "retry_cap_s": cap})
+    settings = settings.model_copy(
+        update={"retry_base_s": base, "retry_cap_s": cap, "retry_jitter_seed": 20261124}
+    )
     fake_groq.script("planner", *[Status(500 + i) for i in range(k)])
-    random.seed(20261124)  # the in-process worker draws its jitter from this generator
-    expected = [random.uniform(0, min(cap, base * 2**i)) for i in range(k)]
-    random.seed(20261124)
+    rng = random.Random(20261124)  # the worker's jitter generator, same seed
+    expected = [rng.uniform(0, min(cap, base * 2**i)) for i in range(k)]
     async with new_worker(settings=settings):
         _, handle = await _start(client, settings)
         result = await handle.result()

@@ -22,8 +22,9 @@ from activities.breaker import BreakerRegistry
 from activities.llm import LLMProvider, build_provider
 from activities.tools.builtin import build_tools, default_search_backend
 from activities.tools.search import SearchBackend
+from costs.pricing import Pricer
 from crewline.db import make_engine
-from crewline.settings import Settings
+from crewline.settings import AGENTS, Settings
 from workflows.pipeline import AgentPipelineWorkflow
 
 log = structlog.get_logger("crewline.worker")
@@ -50,11 +51,15 @@ def build_worker(
     engine = engine or make_engine(settings.resolved_database_url)
     llm = llm or build_provider(settings)  # raises ConfigurationError saying what to set
     backend = default_search_backend(settings) if search_backend is _UNSET else search_backend
+    pricer = Pricer(llm.name, settings.model_prices)
+    for agent in AGENTS:  # an unknown price is a start-up error, never a silent $0
+        pricer.check(settings.model_for(agent))
     activities = AgentActivities(
         settings=settings,
         llm=llm,
         engine=engine,
         tools=build_tools(settings, engine, backend),  # type: ignore[arg-type]
+        pricer=pricer,
         breakers=breakers,
     )
     return Worker(

@@ -13,13 +13,23 @@ import dataclasses
 from datetime import timedelta
 from decimal import Decimal
 
-from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities, AgentInput, AgentResult, RunUpdate
+    from workflows.models import (
+        BudgetRaise,
+        BudgetState,
+        PipelineInput,
+        PipelineResult,
+        Progress,
+        StepProgress,
+        StepRetry,
+    )
+
+__all__ = ["AGENT_ORDER", "AgentPipelineWorkflow", "PipelineInput", "PipelineResult", "StepRetry"]
 
 AGENT_ORDER: tuple[str, ...] = ("researcher", "planner", "executor", "coder", "finalizer")
 STEP_SUMMARIES = {
@@ -49,54 +59,30 @@ LLM_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=10,
-    non_retryable_error_types=["LLMAuthError", "LLMBadRequest", "ConfigurationError"],
+    non_retryable_error_types=[
+        "LLMAuthError",
+        "LLMBadRequest",
+        "ConfigurationError",
+        "BudgetExceeded",
+    ],
 )
 BOOKKEEPING_START_TO_CLOSE = timedelta(seconds=30)
 BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20)
+BUDGET_WARNINGS = (50, 80, 100)  # percent of budget: one structured warning each
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"}
 
 
-class StepRetry(BaseModel):
-    """Per-run override of the step retry budget (from settings, via the API)."""
-
-    max_attempts: int
-    timeout_s: float
-
-
-class PipelineInput(BaseModel):
-    run_id: str
-    query: str
-    budget_usd: Decimal | None = None
-    dry_run: bool = False
-    retry: StepRetry | None = None
+class _BudgetStop(Exception):
+    def __init__(self, agent: str, reason: str) -> None:
+        super().__init__(reason)
+        self.agent = agent
 
 
-class StepProgress(BaseModel):
-    agent: str
-    status: str = "PENDING"
-    output: str | None = None
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    attempt: int | None = None
-    error: str | None = None
-
-
-class Progress(BaseModel):
-    run_id: str
-    status: str
-    current_step: str | None
-    steps: list[StepProgress]
-    final_answer: str | None = None
-    error: str | None = None
-
-
-class PipelineResult(BaseModel):
-    run_id: str
-    status: str
-    final_answer: str
-    steps: list[AgentResult]
-    artifacts: list[str]
-    scripted: bool
+def _budget_refusal(err: ActivityError) -> ApplicationError | None:
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.type == "BudgetExceeded":
+        return cause
+    return None
 
 
 def _failure_message(err: BaseException) -> str:
@@ -120,6 +106,23 @@ class AgentPipelineWorkflow:
         self._steps = {agent: StepProgress(agent=agent) for agent in AGENT_ORDER}
         self._final_answer: str | None = None
         self._error: str | None = None
+        self._budget: Decimal | None = inp.budget_usd
+        self._spent = Decimal(0)
+        self._warned: set[int] = set()
+
+    @workflow.update(name="raise_budget")
+    async def raise_budget(self, req: BudgetRaise) -> BudgetState:
+        """Give the run more room; a run paused for budget resumes."""
+        self._budget = req.budget_usd
+        self._warned = {p for p in self._warned if self._spent * 100 >= p * req.budget_usd}
+        return BudgetState(budget_usd=self._budget, spent_usd=self._spent)
+
+    @raise_budget.validator
+    def _check_raise(self, req: BudgetRaise) -> None:
+        if self._status in TERMINAL:
+            raise ValueError(f"run already ended with status {self._status}")
+        if self._budget is not None and req.budget_usd <= self._budget:
+            raise ValueError(f"new budget must be above the current {self._budget} USD")
 
     @workflow.query(name="progress")
     def progress(self) -> Progress:
@@ -130,6 +133,8 @@ class AgentPipelineWorkflow:
             steps=list(self._steps.values()),
             final_answer=self._final_answer,
             error=self._error,
+            budget_usd=self._budget,
+            spent_usd=self._spent,
         )
 
     @workflow.run
@@ -144,6 +149,8 @@ class AgentPipelineWorkflow:
                 context[agent] = result.output
                 if agent == "coder":
                     context["artifacts"] = "\n".join(f"- {a}" for a in result.artifacts) or "(none)"
+        except _BudgetStop as stop:
+            return await self._on_budget_stop(stop, results)
         except (ActivityError, asyncio.CancelledError) as err:
             if is_cancelled_exception(err):
                 await self._on_cancel()
@@ -165,7 +172,11 @@ class AgentPipelineWorkflow:
             steps=results,
             artifacts=next((r.artifacts for r in results if r.agent == "coder"), []),
             scripted=any(r.scripted for r in results),
+            spent_usd=self._spent,
         )
+
+    def _left(self) -> Decimal | None:
+        return None if self._budget is None else self._budget - self._spent
 
     async def _run_step(
         self, agent: str, inp: PipelineInput, context: dict[str, str]
@@ -173,7 +184,35 @@ class AgentPipelineWorkflow:
         self._current = agent
         step = self._steps[agent]
         step.status = "RUNNING"
-        result: AgentResult = await workflow.execute_activity_method(
+        while True:
+            try:
+                result = await self._execute(agent, inp, context)
+                break
+            except ActivityError as err:
+                refusal = _budget_refusal(err)
+                if refusal is None:
+                    raise
+                # What the refused step's earlier attempts cost is in the refusal's details.
+                details = refusal.details[0] if refusal.details else {}
+                self._spent += Decimal(str(details.get("step_spent_usd", "0")))
+                if inp.on_budget_exhausted != "wait":
+                    raise _BudgetStop(agent, str(refusal)) from err
+                await self._wait_for_budget(agent, str(refusal))
+        self._spent += result.cost_usd
+        self._warn_budget()
+        step.status = "COMPLETED"
+        step.output = result.output
+        step.model = result.model
+        step.prompt_tokens = result.prompt_tokens
+        step.completion_tokens = result.completion_tokens
+        step.attempt = result.attempt
+        step.cost_usd = result.cost_usd
+        return result
+
+    async def _execute(
+        self, agent: str, inp: PipelineInput, context: dict[str, str]
+    ) -> AgentResult:
+        return await workflow.execute_activity_method(  # type: ignore[no-any-return]
             _METHODS[agent],
             AgentInput(
                 run_id=inp.run_id,
@@ -181,6 +220,7 @@ class AgentPipelineWorkflow:
                 agent=agent,
                 context=dict(context),
                 dry_run=inp.dry_run,
+                budget_left_usd=self._left(),
             ),
             start_to_close_timeout=LLM_START_TO_CLOSE,
             schedule_to_close_timeout=(
@@ -194,13 +234,55 @@ class AgentPipelineWorkflow:
             ),
             summary=STEP_SUMMARIES[agent],
         )
-        step.status = "COMPLETED"
-        step.output = result.output
-        step.model = result.model
-        step.prompt_tokens = result.prompt_tokens
-        step.completion_tokens = result.completion_tokens
-        step.attempt = result.attempt
-        return result
+
+    async def _wait_for_budget(self, agent: str, reason: str) -> None:
+        self._status = "WAITING_FOR_BUDGET"
+        self._error = reason
+        self._steps[agent].status = "WAITING_FOR_BUDGET"
+        await self._record(RunUpdate(run_id=self._run_id, status=self._status, error=reason))
+        budget = self._budget
+        workflow.logger.warning("budget.paused", extra={"run_id": self._run_id, "agent": agent})
+        await workflow.wait_condition(lambda: self._budget != budget)
+        self._status, self._error = "RUNNING", None
+        self._steps[agent].status = "RUNNING"
+        await self._record(
+            RunUpdate(run_id=self._run_id, status="RUNNING", budget_usd=self._budget)
+        )
+
+    def _warn_budget(self) -> None:
+        if not self._budget:
+            return
+        for percent in BUDGET_WARNINGS:
+            if percent not in self._warned and self._spent * 100 >= percent * self._budget:
+                self._warned.add(percent)
+                workflow.logger.warning(
+                    "budget.threshold",
+                    extra={
+                        "run_id": self._run_id,
+                        "percent": percent,
+                        "spent_usd": str(self._spent),
+                        "budget_usd": str(self._budget),
+                    },
+                )
+
+    async def _on_budget_stop(
+        self, stop: _BudgetStop, results: list[AgentResult]
+    ) -> PipelineResult:
+        self._status = "BUDGET_EXCEEDED"
+        self._steps[stop.agent].status = "BUDGET_EXCEEDED"
+        self._error = (
+            f"stopped before {stop.agent}: spent {self._spent} of {self._budget} USD; {stop}"
+        )
+        await self._record(RunUpdate(run_id=self._run_id, status=self._status, error=self._error))
+        return PipelineResult(
+            run_id=self._run_id,
+            status=self._status,
+            final_answer="",
+            steps=results,
+            artifacts=next((r.artifacts for r in results if r.agent == "coder"), []),
+            scripted=any(r.scripted for r in results),
+            spent_usd=self._spent,
+        )
 
     async def _on_failure(self, err: BaseException) -> None:
         self._error = _failure_message(err)

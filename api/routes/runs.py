@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,7 @@ def _links(settings: Settings, run_id: str) -> RunLinks:
         self=f"/runs/{run_id}",
         artifacts=f"/runs/{run_id}/artifacts",
         cancel=f"/runs/{run_id}/cancel",
+        costs=f"/runs/{run_id}/costs",
         temporal_ui=f"{ui}/namespaces/{settings.temporal_namespace}/workflows/{run_id}",
     )
 
@@ -84,6 +86,15 @@ def _run_detail(settings: Settings, engine: Engine, run: Run) -> RunOut:
     ]
     out.artifacts = _artifacts(engine, run.run_id)
     return out
+
+
+def _check_budget_cap(settings: Settings, budget: Decimal | None) -> None:
+    if budget is not None and budget > settings.max_budget_usd:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"budget_usd {budget} is above the maximum of {settings.max_budget_usd} "
+            "(MAX_BUDGET_USD)",
+        )
 
 
 def _claim(engine: EngineDep, run: Run) -> Run:
@@ -120,16 +131,18 @@ async def create_run(
         provider = settings.provider()
     except ConfigurationError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    _check_budget_cap(settings, body.budget_usd)
+    budget = body.budget_usd or settings.default_budget_usd
     run = Run(
         run_id=f"run-{uuid.uuid4().hex[:16]}",
         query=body.query,
-        budget_usd=body.budget_usd,
+        budget_usd=budget,
         idempotency_key=idempotency_key,
         provider=provider,
     )
     claimed = await run_in_threadpool(_claim, engine, run)
     if claimed.run_id != run.run_id:
-        if claimed.query != body.query or claimed.budget_usd != body.budget_usd:
+        if claimed.query != body.query or claimed.budget_usd != budget:
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 "Idempotency-Key was already used with a different request body",
@@ -145,7 +158,8 @@ async def create_run(
             PipelineInput(
                 run_id=run.run_id,
                 query=body.query,
-                budget_usd=body.budget_usd,
+                budget_usd=budget,
+                on_budget_exhausted=settings.on_budget_exhausted,
                 retry=StepRetry(
                     max_attempts=settings.llm_max_attempts, timeout_s=settings.llm_step_timeout_s
                 ),

@@ -1,0 +1,224 @@
+"""One metered LLM call inside an agent activity: budget → breaker → call → ledger.
+
+The order matters. The budget reservation comes first (no point probing a provider for a call
+that cannot be paid for); the breaker next (an open circuit fails fast without touching the
+network); then the call itself, heartbeating so a dead worker is noticed in seconds. Every attempt
+the provider accepted is written to the ledger exactly once, keyed by (workflow, activity,
+attempt); attempts it rejected (4xx/5xx, connection refused) cost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any, NoReturn, TypeVar
+
+import structlog
+from sqlalchemy import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import store
+from activities.breaker import BreakerOpenError, BreakerRegistry, CircuitBreaker
+from activities.errors import TIMEOUT_ERRORS, MalformedResponseError, classify
+from activities.llm import LLMProvider, LLMRequest, LLMResponse
+from costs.budget import BudgetExhaustedError, estimate_tokens, plan_call
+from costs.ledger import cost_of_activity, record_call
+from costs.pricing import Pricer
+from crewline.db import LedgerEntry, to_pico
+from crewline.settings import Settings
+
+HEARTBEAT_EVERY_S = 2.0
+# Failures after which the provider may have done (and billed) the work.
+BILLABLE_FAILURES = (*TIMEOUT_ERRORS, MalformedResponseError)
+
+log = structlog.get_logger("crewline.calls")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    response: LLMResponse
+    step_cost_usd: Decimal  # every attempt of this step so far, this one included
+    max_tokens_shrunk: bool
+
+
+class MeteredCaller:
+    def __init__(
+        self,
+        settings: Settings,
+        llm: LLMProvider,
+        engine: Engine,
+        pricer: Pricer,
+        breakers: BreakerRegistry,
+        worker_id: str,
+    ) -> None:
+        self._settings, self._llm, self._engine = settings, llm, engine
+        self._pricer, self._breakers, self._worker_id = pricer, breakers, worker_id
+        # Backoff jitter; seedable (RETRY_JITTER_SEED) so a test can predict the delays.
+        self._rng = random.Random(settings.retry_jitter_seed)
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # SQLAlchemy is synchronous: keep it off the worker's event loop.
+        return await asyncio.to_thread(fn, self._engine, *args, **kwargs)
+
+    async def call(
+        self, run_id: str, agent: str, system: str, user: str, budget_left: Decimal | None
+    ) -> CallOutcome:
+        info = activity.info()
+        model = self._settings.model_for(agent)
+        prompt_estimate = estimate_tokens(system, user)
+        spent = await self._db(cost_of_activity, info.workflow_id or run_id, info.activity_id)
+        left = None if budget_left is None else budget_left - spent
+        try:
+            plan = plan_call(
+                self._pricer,
+                model,
+                prompt_estimate,
+                self._settings.llm_max_tokens,
+                left,
+                self._settings.budget_min_tokens,
+            )
+        except BudgetExhaustedError as exc:
+            message = f"budget exhausted before {agent}: {exc}"
+            await self._db(
+                store.upsert_step, run_id, agent, status="BUDGET_EXCEEDED", error=message
+            )
+            raise ApplicationError(
+                message,
+                {
+                    "agent": agent,
+                    "needed_usd": str(exc.needed_usd),
+                    "left_usd": str(exc.left_usd),
+                    "step_spent_usd": str(spent),
+                },
+                type="BudgetExceeded",
+                non_retryable=True,
+            ) from None
+        breaker = self._breakers.get(self._llm.name, model)
+        await self._admit(breaker, run_id, agent)
+        await self._db(store.upsert_step, run_id, agent, reserved_usd=plan.reserved_usd)
+        request = LLMRequest(
+            agent=agent, model=model, system=system, user=user,
+            max_tokens=plan.max_tokens, tag=run_id,
+        )  # fmt: skip
+        try:
+            response = await self._heartbeating(self._llm.complete(request))
+        except asyncio.CancelledError:
+            breaker.on_abandoned()
+            await self._db(store.upsert_step, run_id, agent, status="CANCELLED", reserved_usd=0)
+            raise
+        except Exception as exc:
+            await self._failed(exc, breaker, run_id, agent, model, prompt_estimate)
+        await self._moved(breaker, breaker.on_success())
+        await self._ledger(run_id, agent, response, estimated_prompt=prompt_estimate)
+        step_cost = await self._db(cost_of_activity, info.workflow_id or run_id, info.activity_id)
+        return CallOutcome(response, step_cost, plan.shrunk)
+
+    async def _admit(self, breaker: CircuitBreaker, run_id: str, agent: str) -> None:
+        try:
+            await self._moved(breaker, breaker.before_call())
+        except BreakerOpenError as exc:
+            # Fail fast without touching the network; Temporal retries after the open period.
+            await self._db(store.upsert_step, run_id, agent, status="WAITING", error=str(exc))
+            raise ApplicationError(
+                f"{agent}: {exc}",
+                type="CircuitOpen",
+                next_retry_delay=timedelta(seconds=exc.retry_in_s),
+            ) from None
+
+    async def _failed(
+        self,
+        exc: Exception,
+        breaker: CircuitBreaker,
+        run_id: str,
+        agent: str,
+        model: str,
+        prompt_estimate: int,
+    ) -> NoReturn:
+        error = classify(
+            exc,
+            agent=agent,
+            provider=self._llm.name,
+            key_var=self._llm.key_var,
+            attempt=activity.info().attempt,
+            base_s=self._settings.retry_base_s,
+            cap_s=self._settings.retry_cap_s,
+            secrets=self._llm.secrets(),
+            rng=self._rng,
+        )
+        await self._moved(
+            breaker, breaker.on_answer() if error.non_retryable else breaker.on_failure()
+        )
+        if isinstance(exc, BILLABLE_FAILURES):
+            # No usage reported, but the provider may have processed the prompt: charge an
+            # offline estimate, marked as such.
+            cut_off = LLMResponse(
+                text="", model=model, provider=self._llm.name,
+                prompt_tokens=None, completion_tokens=None,
+            )  # fmt: skip
+            await self._ledger(run_id, agent, cut_off, estimated_prompt=prompt_estimate)
+        status = "FAILED" if error.non_retryable else "ERROR"
+        await self._db(
+            store.upsert_step, run_id, agent, status=status, error=error.message, reserved_usd=0
+        )
+        log.warning("agent.call_failed", agent=agent, run_id=run_id, error=error.message)
+        # `from None`: the provider exception may echo request details; the classified
+        # message is the redacted, actionable one.
+        raise error from None
+
+    async def _ledger(
+        self, run_id: str, agent: str, response: LLMResponse, *, estimated_prompt: int
+    ) -> None:
+        info = activity.info()
+        reported = response.prompt_tokens is not None and response.completion_tokens is not None
+        prompt = response.prompt_tokens if reported else estimated_prompt
+        if reported:
+            completion = response.completion_tokens
+        else:
+            completion = estimate_tokens(response.text) if response.text else 0
+        priced = self._pricer.price(
+            response.model if response.model else self._settings.model_for(agent),
+            prompt or 0,
+            completion or 0,
+            cached_tokens=response.cached_tokens,
+            raw_usage=response.raw_usage if reported else None,
+        )
+        entry = LedgerEntry(
+            run_id=run_id,
+            workflow_id=info.workflow_id or run_id,
+            activity_id=info.activity_id,
+            attempt=info.attempt,
+            agent=agent,
+            provider=self._llm.name,
+            model=response.model,
+            prompt_tokens=prompt or 0,
+            completion_tokens=completion or 0,
+            cached_tokens=response.cached_tokens,
+            cost_pusd=to_pico(priced.cost_usd),
+            input_per_mtok=None if priced.input_per_mtok is None else str(priced.input_per_mtok),
+            output_per_mtok=None if priced.output_per_mtok is None else str(priced.output_per_mtok),
+            price_source=priced.source,
+            usage_source="reported" if reported and not response.usage_estimated else "estimated",
+        )
+        await self._db(record_call, entry)
+
+    async def _moved(self, breaker: CircuitBreaker, moved: bool) -> None:
+        # Persisted on transitions only, so /health (maybe another process) can show it.
+        if moved:
+            await self._db(store.save_breaker, self._worker_id, breaker.snapshot())
+
+    async def _heartbeating(self, work: Awaitable[T]) -> T:
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
+                if done:
+                    return task.result()
+                activity.heartbeat()
+        finally:
+            task.cancel()

@@ -1,0 +1,124 @@
+"""Costs: per run (`/runs/{id}/costs`), grouped totals (`/costs`), raising a run's budget.
+
+Reads the ledger the activities write; raising a budget goes through the workflow's
+`raise_budget` update, so the running workflow — the one place that decides whether the next
+step fits — sees it at once, and a run paused for budget resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.concurrency import run_in_threadpool
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from activities import store
+from api.deps import EngineDep, SettingsDep, TemporalDep
+from api.routes.runs import _check_budget_cap, _not_found
+from api.schemas import (
+    TERMINAL,
+    BudgetRaiseIn,
+    CallOut,
+    CostGroup,
+    CostReport,
+    RunCosts,
+    RunStatus,
+)
+from costs.ledger import GroupBy, calls_of, grouped
+from crewline.db import get_run, steps_of
+from workflows.models import BudgetRaise, BudgetState
+from workflows.pipeline import AgentPipelineWorkflow
+
+router = APIRouter(tags=["costs"])
+UPDATE_TIMEOUT_S = 15
+
+
+@router.get("/runs/{run_id}/costs", response_model=RunCosts)
+def run_costs(run_id: str, engine: EngineDep) -> RunCosts:
+    run = get_run(engine, run_id)
+    if run is None:
+        raise _not_found(run_id)
+    calls = calls_of(engine, run_id)
+    by_agent: dict[str, Decimal] = {}
+    for call in calls:
+        by_agent[call.agent] = by_agent.get(call.agent, Decimal(0)) + call.cost_usd
+    reserved = sum(
+        (s.reserved_usd or Decimal(0) for s in steps_of(engine, run_id) if s.status == "RUNNING"),
+        Decimal(0),
+    )
+    return RunCosts(
+        run_id=run_id,
+        budget_usd=run.budget_usd,
+        total_usd=sum(by_agent.values(), Decimal(0)),
+        reserved_usd=reserved,
+        by_agent=by_agent,
+        calls=[CallOut.model_validate({**c.model_dump(), "cost_usd": c.cost_usd}) for c in calls],
+    )
+
+
+@router.get("/costs", response_model=CostReport)
+def cost_report(
+    engine: EngineDep,
+    group_by: GroupBy = "agent",
+    since: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
+    until: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> CostReport:
+    if since and until and since >= until:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since must be before until")
+    items, total, groups = grouped(
+        engine, group_by, since=since, until=until, limit=limit, offset=offset
+    )
+    return CostReport(
+        group_by=group_by,
+        total_usd=total,
+        groups=groups,
+        limit=limit,
+        offset=offset,
+        items=[CostGroup(**item) for item in items],
+    )
+
+
+@router.post("/runs/{run_id}/budget")
+async def raise_budget(
+    run_id: str,
+    body: BudgetRaiseIn,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
+) -> dict[str, str | None]:
+    run = await run_in_threadpool(get_run, engine, run_id)
+    if run is None:
+        raise _not_found(run_id)
+    _check_budget_cap(settings, body.budget_usd)
+    if RunStatus(run.status) in TERMINAL:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} already ended ({run.status})")
+    handle = client.get_workflow_handle_for(AgentPipelineWorkflow.run, run_id)
+    try:
+        update = handle.execute_update(
+            AgentPipelineWorkflow.raise_budget,  # type: ignore[arg-type]
+            BudgetRaise(budget_usd=body.budget_usd),
+        )
+        state: BudgetState = await asyncio.wait_for(update, timeout=UPDATE_TIMEOUT_S)  # type: ignore[arg-type]
+    except WorkflowUpdateFailedError as exc:  # the workflow's validator said no
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc.cause or exc)) from None
+    except TimeoutError:
+        raise HTTPException(
+            status.HTTP_504_GATEWAY_TIMEOUT, "no worker answered; is a worker running?"
+        ) from None
+    except (RPCError, RuntimeError):
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "Temporal is unreachable"
+        ) from None
+    await run_in_threadpool(store.update_run, engine, run_id, budget_usd=state.budget_usd)
+    return {
+        "run_id": run_id,
+        "budget_usd": str(state.budget_usd),
+        "spent_usd": str(state.spent_usd),
+    }
