@@ -294,3 +294,27 @@ async def test_cost_report_groups_and_filters(engine: Any, api: httpx.AsyncClien
         "/costs", params={"since": "2026-11-03T00:00:00Z", "until": "2026-11-01T00:00:00Z"}
     )
     assert bad.status_code == 422
+
+
+async def test_live_reservation_and_budget_warnings(
+    client: Client, settings: Settings, fake_groq: FakeGroq, new_worker: Callable[..., Worker],
+    api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    settings = settings.model_copy(update={"llm_max_tokens": 300, "budget_min_tokens": 10})
+    fake_groq.script("coder", Reply(delay_s=2))
+    caplog.set_level("WARNING", logger="temporalio.workflow")
+    async with new_worker(settings=settings):
+        run_id, handle = await _run(client, settings, budget=Decimal("0.0008"))
+        await assert_eventually(lambda: fake_groq.count("coder") == 1)
+        live = (await api.get(f"/runs/{run_id}/costs")).json()
+        progress = await handle.query(AgentPipelineWorkflow.progress)
+        await handle.result()
+    # While the Coder's call is in flight its worst case is reserved, on top of settled spend.
+    assert Decimal(live["reserved_usd"]) > 0
+    assert Decimal(live["total_usd"]) + Decimal(live["reserved_usd"]) <= Decimal("0.0008")
+    assert progress.spent_usd == Decimal(live["total_usd"]) and progress.budget_usd == Decimal(
+        "0.0008"
+    )
+    warnings = [r for r in caplog.records if r.getMessage().startswith("budget.threshold")]
+    percents = [getattr(r, "percent", None) for r in warnings]
+    assert 50 in percents and len(percents) == len(set(percents))
