@@ -76,7 +76,10 @@ def _elapsed(step: dict[str, Any]) -> str:
 
 def _step_line(step: dict[str, Any]) -> str:
     status = step["status"]
-    mark = {"COMPLETED": "✓", "FAILED": "✗", "CANCELLED": "■", "ERROR": "!"}.get(status, "▶")
+    mark = {
+        "COMPLETED": "✓", "FAILED": "✗", "CANCELLED": "■", "ERROR": "!", "WAITING": "…",
+        "BUDGET_EXCEEDED": "$", "WAITING_FOR_BUDGET": "$",
+    }.get(status, "▶")  # fmt: skip
     tokens = ""
     if step.get("prompt_tokens") is not None:
         tokens = f"  {step['prompt_tokens']}→{step['completion_tokens']} tokens"
@@ -93,7 +96,7 @@ def _step_line(step: dict[str, Any]) -> str:
 
 def _spend(run: dict[str, Any]) -> str:
     spent = sum((Decimal(s["cost_usd"]) for s in run["steps"] if s.get("cost_usd")), Decimal(0))
-    budget = f" of ${Decimal(run['budget_usd']):.2f}" if run.get("budget_usd") else ""
+    budget = f" of ${Decimal(run['budget_usd']).normalize():f}" if run.get("budget_usd") else ""
     return f"${spent:.6f}{budget}"
 
 

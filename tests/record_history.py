@@ -1,6 +1,7 @@
 """Record a pipeline history for the replay tests: `python -m tests.record_history NAME`.
 
-Runs one pipeline (completed, or failed at an agent with `--fail AGENT`) on a throwaway dev server
+Runs one pipeline (completed, failed at an agent with `--fail AGENT`, or stopped for budget with
+`--budget USD`) on a throwaway dev server
 with the fake Groq server, and writes its history to `tests/histories/NAME.json`. Re-record only
 when a workflow change is *meant* to be incompatible (and version it); otherwise the replay test
 is what tells you a change broke running workflows.
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import tempfile
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -27,7 +29,7 @@ from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 HISTORIES = Path(__file__).parent / "histories"
 
 
-async def record(name: str, fail: str | None) -> Path:
+async def record(name: str, fail: str | None, budget: str | None) -> Path:
     fake = FakeGroq().start()
     if fail:
         fake.script(fail, Status(401, message="Invalid API Key"))
@@ -51,7 +53,11 @@ async def record(name: str, fail: str | None) -> Path:
             async with worker:
                 handle = await env.client.start_workflow(
                     AgentPipelineWorkflow.run,
-                    PipelineInput(run_id=run_id, query="Build a snake game"),
+                    PipelineInput(
+                        run_id=run_id,
+                        query="Build a snake game",
+                        budget_usd=Decimal(budget) if budget else None,
+                    ),
                     id=run_id,
                     task_queue=settings.task_queue,
                 )
@@ -73,8 +79,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("name")
     parser.add_argument("--fail", default=None)
+    parser.add_argument("--budget", default=None, help="USD; small enough to stop the run")
     args = parser.parse_args()
-    print(asyncio.run(record(args.name, args.fail)))
+    print(asyncio.run(record(args.name, args.fail, args.budget)))
     import os
 
     os._exit(0)

@@ -196,8 +196,8 @@ class AgentPipelineWorkflow:
                 details = refusal.details[0] if refusal.details else {}
                 self._spent += Decimal(str(details.get("step_spent_usd", "0")))
                 if inp.on_budget_exhausted != "wait":
-                    raise _BudgetStop(agent, str(refusal)) from err
-                await self._wait_for_budget(agent, str(refusal))
+                    raise _BudgetStop(agent, refusal.message) from err
+                await self._wait_for_budget(agent, refusal.message)
         self._spent += result.cost_usd
         self._warn_budget()
         step.status = "COMPLETED"
