@@ -30,3 +30,6 @@ format: setup
 
 clean:
 	rm -rf $(VENV) .crewline .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+bench: setup  ## benchmarks (several minutes): table on stdout, JSON in bench/results/
+	$(BIN)/python -m bench

@@ -22,6 +22,7 @@ from temporalio import activity
 from activities import store
 from activities.breaker import BreakerRegistry
 from activities.calls import CallOutcome, MeteredCaller
+from activities.heartbeat import heartbeating
 from activities.llm import LLMProvider
 from activities.prompts import render
 from activities.research import needs_research
@@ -111,13 +112,14 @@ class AgentActivities:
         await asyncio.to_thread(fn, self._engine, *args, **kwargs)
 
     async def _call(self, inp: AgentInput, system: str, user: str) -> CallOutcome:
-        await self._db(
-            store.upsert_step, inp.run_id, inp.agent,
+        step = dict(
             position=AGENTS.index(inp.agent), status="RUNNING", attempt=activity.info().attempt,
             model=self._settings.model_for(inp.agent), provider=self._llm.name, error=None,
             started_at=utcnow(), finished_at=None,
         )  # fmt: skip
-        return await self._caller.call(inp.run_id, inp.agent, system, user, inp.budget_left_usd)
+        return await self._caller.call(
+            inp.run_id, inp.agent, system, user, inp.budget_left_usd, step
+        )
 
     async def _finish(
         self, inp: AgentInput, outcome: CallOutcome, output: str, **extra: Any
@@ -148,6 +150,7 @@ class AgentActivities:
 
     # ---- the agents -----------------------------------------------------------------------------
     @activity.defn(name="researcher")
+    @heartbeating
     async def research(self, inp: AgentInput) -> AgentResult:
         wanted, why = needs_research(inp.query, self._settings.research_mode)
         if wanted:
@@ -169,18 +172,21 @@ class AgentActivities:
         return await self._finish(inp, outcome, outcome.response.text, notes=notes)
 
     @activity.defn(name="planner")
+    @heartbeating
     async def plan(self, inp: AgentInput) -> AgentResult:
         prompt = render("planner", query=inp.query, research=inp.context.get("researcher", ""))
         outcome = await self._call(inp, prompt.system, prompt.user)
         return await self._finish(inp, outcome, outcome.response.text)
 
     @activity.defn(name="executor")
+    @heartbeating
     async def execute(self, inp: AgentInput) -> AgentResult:
         prompt = render("executor", query=inp.query, plan=inp.context.get("planner", ""))
         outcome = await self._call(inp, prompt.system, prompt.user)
         return await self._finish(inp, outcome, outcome.response.text)
 
     @activity.defn(name="coder")
+    @heartbeating
     async def code(self, inp: AgentInput) -> AgentResult:
         prompt = render(
             "coder",
@@ -208,6 +214,7 @@ class AgentActivities:
         )
 
     @activity.defn(name="finalizer")
+    @heartbeating
     async def finalize(self, inp: AgentInput) -> AgentResult:
         prompt = render(
             "finalizer",

@@ -2,16 +2,16 @@
 
 The order matters. The budget reservation comes first (no point probing a provider for a call
 that cannot be paid for); the breaker next (an open circuit fails fast without touching the
-network); then the call itself, heartbeating so a dead worker is noticed in seconds. Every attempt
-the provider accepted is written to the ledger exactly once, keyed by (workflow, activity,
-attempt); attempts it rejected (4xx/5xx, connection refused) cost nothing.
+network); then the call itself (the activity heartbeats throughout: `activities/heartbeat.py`).
+Every attempt the provider accepted is written to the ledger exactly once, keyed by (workflow,
+activity, attempt); attempts it rejected (4xx/5xx, connection refused) cost nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -32,7 +32,6 @@ from costs.pricing import Pricer
 from crewline.db import LedgerEntry, to_pico
 from crewline.settings import Settings
 
-HEARTBEAT_EVERY_S = 2.0
 # Failures after which the provider may have done (and billed) the work.
 BILLABLE_FAILURES = (*TIMEOUT_ERRORS, MalformedResponseError)
 
@@ -67,8 +66,15 @@ class MeteredCaller:
         return await asyncio.to_thread(fn, self._engine, *args, **kwargs)
 
     async def call(
-        self, run_id: str, agent: str, system: str, user: str, budget_left: Decimal | None
+        self,
+        run_id: str,
+        agent: str,
+        system: str,
+        user: str,
+        budget_left: Decimal | None,
+        step: dict[str, Any],
     ) -> CallOutcome:
+        """`step`: fields for the step row, written together with the reservation."""
         info = activity.info()
         model = self._settings.model_for(agent)
         prompt_estimate = estimate_tokens(system, user)
@@ -86,8 +92,9 @@ class MeteredCaller:
         except BudgetExhaustedError as exc:
             message = f"budget exhausted before {agent}: {exc}"
             await self._db(
-                store.upsert_step, run_id, agent, status="BUDGET_EXCEEDED", error=message
-            )
+                store.upsert_step, run_id, agent, **{**step, "status": "BUDGET_EXCEEDED"},
+                error=message,
+            )  # fmt: skip
             raise ApplicationError(
                 message,
                 {
@@ -100,14 +107,14 @@ class MeteredCaller:
                 non_retryable=True,
             ) from None
         breaker = self._breakers.get(self._llm.name, model)
-        await self._admit(breaker, run_id, agent)
-        await self._db(store.upsert_step, run_id, agent, reserved_usd=plan.reserved_usd)
+        await self._admit(breaker, run_id, agent, step)
+        await self._db(store.upsert_step, run_id, agent, reserved_usd=plan.reserved_usd, **step)
         request = LLMRequest(
             agent=agent, model=model, system=system, user=user,
             max_tokens=plan.max_tokens, tag=run_id,
         )  # fmt: skip
         try:
-            response = await self._heartbeating(self._llm.complete(request))
+            response = await self._llm.complete(request)
         except asyncio.CancelledError:
             breaker.on_abandoned()
             await self._db(store.upsert_step, run_id, agent, status="CANCELLED", reserved_usd=0)
@@ -115,16 +122,19 @@ class MeteredCaller:
         except Exception as exc:
             await self._failed(exc, breaker, run_id, agent, model, prompt_estimate)
         await self._moved(breaker, breaker.on_success())
-        await self._ledger(run_id, agent, response, estimated_prompt=prompt_estimate)
-        step_cost = await self._db(cost_of_activity, info.workflow_id or run_id, info.activity_id)
-        return CallOutcome(response, step_cost, plan.shrunk)
+        cost = await self._ledger(run_id, agent, response, estimated_prompt=prompt_estimate)
+        return CallOutcome(response, spent + cost, plan.shrunk)
 
-    async def _admit(self, breaker: CircuitBreaker, run_id: str, agent: str) -> None:
+    async def _admit(
+        self, breaker: CircuitBreaker, run_id: str, agent: str, step: dict[str, Any]
+    ) -> None:
         try:
             await self._moved(breaker, breaker.before_call())
         except BreakerOpenError as exc:
             # Fail fast without touching the network; Temporal retries after the open period.
-            await self._db(store.upsert_step, run_id, agent, status="WAITING", error=str(exc))
+            await self._db(
+                store.upsert_step, run_id, agent, **{**step, "status": "WAITING"}, error=str(exc)
+            )
             raise ApplicationError(
                 f"{agent}: {exc}",
                 type="CircuitOpen",
@@ -173,7 +183,8 @@ class MeteredCaller:
 
     async def _ledger(
         self, run_id: str, agent: str, response: LLMResponse, *, estimated_prompt: int
-    ) -> None:
+    ) -> Decimal:
+        """Write this attempt's row (once); returns its cost."""
         info = activity.info()
         reported = response.prompt_tokens is not None and response.completion_tokens is not None
         prompt = response.prompt_tokens if reported else estimated_prompt
@@ -206,19 +217,9 @@ class MeteredCaller:
             usage_source="reported" if reported and not response.usage_estimated else "estimated",
         )
         await self._db(record_call, entry)
+        return entry.cost_usd
 
     async def _moved(self, breaker: CircuitBreaker, moved: bool) -> None:
         # Persisted on transitions only, so /health (maybe another process) can show it.
         if moved:
             await self._db(store.save_breaker, self._worker_id, breaker.snapshot())
-
-    async def _heartbeating(self, work: Awaitable[T]) -> T:
-        task = asyncio.ensure_future(work)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
-                if done:
-                    return task.result()
-                activity.heartbeat()
-        finally:
-            task.cancel()

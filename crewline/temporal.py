@@ -71,6 +71,23 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+# Shipped tuning of the embedded server (measured with bench/, see README "Performance"):
+# one task-queue partition (a lone worker never polls an empty partition while its task waits in
+# another), eager activity dispatch (the next activity rides on the workflow task's reply), and
+# SQLite in WAL mode with synchronous=NORMAL (durable across process crashes; an OS crash may
+# lose the last transactions).
+EMBEDDED_DYNAMIC_CONFIG: dict[str, str] = {
+    "matching.numTaskqueueReadPartitions": "1",
+    "matching.numTaskqueueWritePartitions": "1",
+    "system.enableActivityEagerExecution": "true",
+}
+EMBEDDED_SQLITE_PRAGMAS: dict[str, str] = {"journal_mode": "wal", "synchronous": "normal"}
+
+
+def _flags(flag: str, values: dict[str, str]) -> list[str]:
+    return [arg for key, value in values.items() for arg in (flag, f"{key}={value}")]
+
+
 class DevServer:
     """The `temporal server start-dev` process, persisted to `db_file`."""
 
@@ -82,9 +99,13 @@ class DevServer:
         port: int = 7233,
         ui_port: int = 8233,
         log_file: Path | None = None,
+        dynamic_config: dict[str, str] | None = None,
+        sqlite_pragmas: dict[str, str] | None = None,
     ) -> None:
         self.db_file, self.ip, self.port, self.ui_port = db_file, ip, port, ui_port
         self.log_file = log_file or db_file.with_suffix(".log")
+        self.dynamic_config = EMBEDDED_DYNAMIC_CONFIG if dynamic_config is None else dynamic_config
+        self.sqlite_pragmas = EMBEDDED_SQLITE_PRAGMAS if sqlite_pragmas is None else sqlite_pragmas
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -97,6 +118,8 @@ class DevServer:
             "--db-filename", str(self.db_file),
             "--ip", self.ip, "--port", str(self.port), "--ui-port", str(self.ui_port),
             "--log-level", "warn",
+            *_flags("--dynamic-config-value", self.dynamic_config),
+            *_flags("--sqlite-pragma", self.sqlite_pragmas),
         ]  # fmt: skip
 
     async def start(self, timeout_s: float = 30.0) -> None:

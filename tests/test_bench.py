@@ -1,0 +1,32 @@
+"""The benchmark runs end to end on a tiny size and writes its JSON (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_quick_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--repeat", "1", "--no-untuned", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "per-step overhead ms d0 p50" in result.stdout and "crewline/asyncio" in result.stdout
+    data = json.loads(out.read_text())
+    crew = data["crewline"][0]
+    assert set(crew) >= {
+        "overhead_ms_d0",
+        "overhead_ms_d500",
+        "throughput",
+        "burst",
+        "post_runs_ms",
+    }
+    assert crew["burst"]["runs"] == 20 and crew["throughput"]["20"] > 0
+    assert data["asyncio"] and data["sqlite"]
+    assert any("workflow task" in k for k in crew["history_breakdown"])
