@@ -92,8 +92,8 @@ class MeteredCaller:
         except BudgetExhaustedError as exc:
             message = f"budget exhausted before {agent}: {exc}"
             await self._db(
-                store.upsert_step, run_id, agent, **{**step, "status": "BUDGET_EXCEEDED"},
-                error=message,
+                store.upsert_step, run_id, agent,
+                **{**step, "status": "BUDGET_EXCEEDED", "error": message},
             )  # fmt: skip
             raise ApplicationError(
                 message,
@@ -133,7 +133,7 @@ class MeteredCaller:
         except BreakerOpenError as exc:
             # Fail fast without touching the network; Temporal retries after the open period.
             await self._db(
-                store.upsert_step, run_id, agent, **{**step, "status": "WAITING"}, error=str(exc)
+                store.upsert_step, run_id, agent, **{**step, "status": "WAITING", "error": str(exc)}
             )
             raise ApplicationError(
                 f"{agent}: {exc}",

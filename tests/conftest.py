@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -23,6 +24,7 @@ from crewline.settings import Settings
 from crewline.temporal import dev_server_path, test_server_path
 from tests.fakes import FakeGroq
 from workers.main import build_worker
+from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, PipelineResult, StepRetry
 
 REPO = Path(__file__).resolve().parent.parent
 _exit_status = 0
@@ -105,6 +107,34 @@ def new_worker(client: Client, settings: Settings, engine: Any) -> Callable[...,
         return build_worker(client, kwargs.pop("settings", settings), **kwargs)
 
     return _make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def start_pipeline(
+    client: Client,
+    settings: Settings,
+    *,
+    query: str = "Build a snake game",
+    attempts: int | None = None,
+    timeout_s: float = 120,
+    **fields: Any,
+) -> tuple[str, WorkflowHandle[Any, PipelineResult]]:
+    """Start one pipeline run on the settings' task queue; `attempts` bounds each step's retries."""
+    run_id = f"run-{uuid.uuid4().hex[:12]}"
+    if attempts is not None:
+        fields["retry"] = StepRetry(max_attempts=attempts, timeout_s=timeout_s)
+    handle = await client.start_workflow(
+        AgentPipelineWorkflow.run,
+        PipelineInput(run_id=run_id, query=query, **fields),
+        id=run_id,
+        task_queue=settings.task_queue,
+    )
+    return run_id, handle
 
 
 async def assert_eventually(

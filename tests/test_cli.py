@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -18,20 +17,15 @@ from temporalio.worker import Worker
 from api.app import create_app
 from crewline.settings import Settings
 from crewline.stack import _ApiServer
+from tests.conftest import free_port
 from tests.fakes import FakeGroq
 
 CREWLINE = str(Path(sys.executable).parent / "crewline")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def api_url(client: Client, settings: Settings, engine: Any) -> AsyncIterator[str]:
-    port = _free_port()
+    port = free_port()
     server = _ApiServer(
         uvicorn.Config(
             create_app(settings, client=client, engine=engine), port=port, log_level="warning"

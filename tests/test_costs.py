@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,10 +21,10 @@ from costs.ledger import calls_of, record_call
 from costs.pricing import ModelPrice, Pricer, UnknownPriceError
 from crewline.db import LedgerEntry, steps_of, to_pico
 from crewline.settings import Settings
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Hang, Reply, Status
 from workers.main import build_worker
-from workflows.pipeline import AGENT_ORDER, AgentPipelineWorkflow, PipelineInput
+from workflows.pipeline import AGENT_ORDER, AgentPipelineWorkflow
 
 MODEL = "llama-3.3-70b-versatile"
 
@@ -34,19 +33,6 @@ def _groq_price(prompt: int, completion: int, model: str = MODEL) -> Decimal:
     return calc_price(
         Usage(input_tokens=prompt, output_tokens=completion), model, provider_id="groq"
     ).total_price
-
-
-async def _run(
-    client: Client, settings: Settings, budget: Decimal | None = None, **kw: Any
-) -> tuple[str, Any]:
-    run_id = f"run-{uuid.uuid4().hex[:12]}"
-    handle = await client.start_workflow(
-        AgentPipelineWorkflow.run,
-        PipelineInput(run_id=run_id, query="Build a snake game", budget_usd=budget, **kw),
-        id=run_id,
-        task_queue=settings.task_queue,
-    )
-    return run_id, handle
 
 
 @pytest.fixture
@@ -67,7 +53,7 @@ async def test_each_call_costs_exactly_what_genai_prices_says(
     api: httpx.AsyncClient,
 ) -> None:
     async with new_worker():
-        run_id, handle = await _run(client, settings, budget=Decimal("1"))
+        run_id, handle = await start_pipeline(client, settings, budget_usd=Decimal("1"))
         result = await handle.result()
     one = _groq_price(100, 50)
     calls = calls_of(engine, run_id)
@@ -96,7 +82,7 @@ async def test_rejected_attempts_cost_nothing_cut_off_ones_are_estimated(
     fake_groq.script("planner", Status(503))  # rejected: no row
     fake_groq.script("executor", Hang(3))  # cut off: the provider may have billed it
     async with new_worker(settings=settings):
-        run_id, handle = await _run(client, settings)
+        run_id, handle = await start_pipeline(client, settings)
         await handle.result()
     rows = {(c.agent, c.attempt): c for c in calls_of(engine, run_id)}
     assert ("planner", 1) not in rows and rows[("planner", 2)].usage_source == "reported"
@@ -166,7 +152,7 @@ async def test_coder_that_would_overshoot_is_never_called(
         fake_groq.script(agent, Reply(prompt_tokens=None, completion_tokens=None))
     budget = Decimal("0.0025")
     async with new_worker(settings=settings):
-        run_id, handle = await _run(client, settings, budget=budget)
+        run_id, handle = await start_pipeline(client, settings, budget_usd=budget)
         result = await handle.result()
         progress = await handle.query(AgentPipelineWorkflow.progress)
     assert result.status == "BUDGET_EXCEEDED"
@@ -187,8 +173,8 @@ async def test_paused_run_resumes_when_the_budget_is_raised(
     for agent in ("planner", "executor"):
         fake_groq.script(agent, Reply(prompt_tokens=None, completion_tokens=None))
     async with new_worker(settings=settings):
-        run_id, handle = await _run(
-            client, settings, budget=Decimal("0.0025"), on_budget_exhausted="wait"
+        run_id, handle = await start_pipeline(
+            client, settings, budget_usd=Decimal("0.0025"), on_budget_exhausted="wait"
         )
 
         async def paused() -> bool:
@@ -225,7 +211,7 @@ async def test_spend_never_exceeds_budget_across_seeded_random_runs(
     async with new_worker(settings=settings):
         for _ in range(8):
             budget = Decimal(str(round(rng.uniform(0.0004, 0.004), 6)))
-            run_id, handle = await _run(client, settings, budget=budget)
+            run_id, handle = await start_pipeline(client, settings, budget_usd=budget)
             for agent in AGENT_ORDER:  # realistic prompts, random answer lengths up to max_tokens
                 completion = None if rng.random() < 0.5 else rng.randint(1, 800)
                 fake_groq.script_run(
@@ -304,7 +290,7 @@ async def test_live_reservation_and_budget_warnings(
     fake_groq.script("coder", Reply(delay_s=2))
     caplog.set_level("WARNING", logger="temporalio.workflow")
     async with new_worker(settings=settings):
-        run_id, handle = await _run(client, settings, budget=Decimal("0.0008"))
+        run_id, handle = await start_pipeline(client, settings, budget_usd=Decimal("0.0008"))
         await assert_eventually(lambda: fake_groq.count("coder") == 1)
         live = (await api.get(f"/runs/{run_id}/costs")).json()
         progress = await handle.query(AgentPipelineWorkflow.progress)

@@ -11,7 +11,6 @@ import itertools
 import random
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,29 +22,12 @@ from temporalio.worker import Worker
 from activities.breaker import BreakerRegistry
 from crewline.db import breakers, steps_of
 from crewline.settings import Settings
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Hang, Malformed, Reply, Status
 from tests.procs import spawn_worker, stop
-from workflows.pipeline import AGENT_ORDER, AgentPipelineWorkflow, PipelineInput, StepRetry
+from workflows.pipeline import AGENT_ORDER
 
 MODEL = "llama-3.3-70b-versatile"
-
-
-async def _start(
-    client: Client, settings: Settings, *, attempts: int = 10, timeout_s: float = 120
-) -> tuple[str, WorkflowHandle[Any, Any]]:
-    run_id = f"run-{uuid.uuid4().hex[:12]}"
-    handle = await client.start_workflow(
-        AgentPipelineWorkflow.run,
-        PipelineInput(
-            run_id=run_id,
-            query="Build a snake game",
-            retry=StepRetry(max_attempts=attempts, timeout_s=timeout_s),
-        ),
-        id=run_id,
-        task_queue=settings.task_queue,
-    )
-    return run_id, handle
 
 
 def _gaps(fake: FakeGroq, agent: str) -> list[float]:
@@ -64,7 +46,7 @@ async def test_5xx_then_success_backs_off_with_growing_jittered_delays(
     rng = random.Random(20261124)  # the worker's jitter generator, same seed
     expected = [rng.uniform(0, min(cap, base * 2**i)) for i in range(k)]
     async with new_worker(settings=settings):
-        _, handle = await _start(client, settings)
+        _, handle = await start_pipeline(client, settings)
         result = await handle.result()
     assert result.status == "COMPLETED"
     assert fake_groq.count("planner") == k + 1
@@ -79,7 +61,7 @@ async def test_429_retry_after_is_honoured(
 ) -> None:
     fake_groq.script("executor", Status(429, headers={"retry-after": "2"}))
     async with new_worker():
-        _, handle = await _start(client, settings)
+        _, handle = await start_pipeline(client, settings)
         await handle.result()
     [gap] = _gaps(fake_groq, "executor")
     assert gap >= 2.0
@@ -97,10 +79,11 @@ async def test_breaker_opens_fails_fast_probes_once_and_recovers(
     fake_groq.outage = Status(503, message="provider down")
     registry = BreakerRegistry(threshold=5, open_s=open_s)
     async with new_worker(settings=settings, breakers=registry):
-        _, first = await _start(client, settings, attempts=30)
+        _, first = await start_pipeline(client, settings, attempts=30)
         await assert_eventually(lambda: registry.get("groq", MODEL).state == "OPEN")
-        assert [b.state for b in breakers(engine)] == ["OPEN"]  # what /health shows
-        _, second = await _start(client, settings, attempts=30)  # waits it out, no calls
+        # What /health shows (persisted just after the transition).
+        await assert_eventually(lambda: [b.state for b in breakers(engine)] == ["OPEN"])
+        _, second = await start_pipeline(client, settings, attempts=30)  # waits it out, no calls
         await assert_eventually(lambda: fake_groq.count("researcher") == 7, timeout=15)
         fake_groq.outage = None  # the provider comes back
         results = [await first.result(), await second.result()]
@@ -123,7 +106,7 @@ async def test_four_failures_then_success_never_opens(
     fake_groq.script("planner", *[Status(503)] * 4)
     registry = BreakerRegistry(threshold=5, open_s=30)
     async with new_worker(breakers=registry):
-        _, handle = await _start(client, settings)
+        _, handle = await start_pipeline(client, settings)
         await handle.result()
     assert fake_groq.count("planner") == 5
     assert registry.get("groq", MODEL).times_opened == 0
@@ -139,7 +122,7 @@ async def test_hung_connection_times_out_and_is_retried(
     settings = settings.model_copy(update={"llm_timeout_s": 1.0})
     fake_groq.script("executor", Hang(3))
     async with new_worker(settings=settings):
-        run_id, handle = await _start(client, settings)
+        run_id, handle = await start_pipeline(client, settings)
         result = await handle.result()
     assert result.status == "COMPLETED" and fake_groq.count("executor") == 2
     executor = next(s for s in steps_of(engine, run_id) if s.agent == "executor")
@@ -155,7 +138,7 @@ async def test_malformed_bodies_retry_bounded_then_fail_with_reason(
 ) -> None:
     fake_groq.script("coder", Malformed("{not json"), Reply(text=""), Malformed('{"choices": []}'))
     async with new_worker():
-        run_id, handle = await _start(client, settings, attempts=3)
+        run_id, handle = await start_pipeline(client, settings, attempts=3)
         with pytest.raises(WorkflowFailureError) as info:
             await handle.result()
     assert fake_groq.count("coder") == 3 and fake_groq.count("finalizer") == 0
@@ -177,7 +160,7 @@ async def test_sigkill_in_each_of_the_five_steps_loses_and_repeats_nothing(
     second = None
     try:
         for target in targets:
-            run_id, handle = await _start(client, settings)
+            run_id, handle = await start_pipeline(client, settings)
             for agent in AGENT_ORDER:  # seeded latencies move the kill point inside the runs
                 action = Hang(60) if agent == target else Reply(delay_s=rng.uniform(0, 0.3))
                 fake_groq.script_run(run_id, agent, action)
@@ -214,7 +197,7 @@ async def test_sigterm_lets_the_call_finish_and_records_it_once(
     worker = spawn_worker(settings, tmp_path / "w1.log")
     second = None
     try:
-        run_id, handle = await _start(client, settings)
+        run_id, handle = await start_pipeline(client, settings)
         await assert_eventually(lambda: fake_groq.count("planner") == 1, timeout=30)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=40) == 0

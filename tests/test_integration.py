@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -13,21 +12,9 @@ from temporalio.worker import Worker
 from activities.tools.search import SearchHit
 from crewline.db import artifacts_of, get_run, steps_of
 from crewline.settings import Settings
+from tests.conftest import start_pipeline
 from tests.fakes import FakeGroq, FakeSearch, Status
-from workflows.pipeline import AGENT_ORDER, AgentPipelineWorkflow, PipelineInput
-
-
-async def _run(
-    client: Client, settings: Settings, query: str = "Build a snake game"
-) -> tuple[str, Any]:
-    run_id = f"run-{uuid.uuid4().hex[:12]}"
-    handle = await client.start_workflow(
-        AgentPipelineWorkflow.run,
-        PipelineInput(run_id=run_id, query=query),
-        id=run_id,
-        task_queue=settings.task_queue,
-    )
-    return run_id, handle
+from workflows.pipeline import AGENT_ORDER
 
 
 async def test_run_completes_with_five_steps_each_called_once(
@@ -38,7 +25,7 @@ async def test_run_completes_with_five_steps_each_called_once(
     new_worker: Callable[..., Worker],
 ) -> None:
     async with new_worker():
-        run_id, handle = await _run(client, settings)
+        run_id, handle = await start_pipeline(client, settings)
         result = await handle.result()
     assert result.status == "COMPLETED"
     assert result.final_answer == "FINAL-ANSWER: run python snake.py"
@@ -70,7 +57,7 @@ async def test_bad_key_fails_fast_naming_the_variable(
 ) -> None:
     fake_groq.script("researcher", Status(401, message="Invalid API Key"))
     async with new_worker():
-        run_id, handle = await _run(client, settings)
+        run_id, handle = await start_pipeline(client, settings)
         with pytest.raises(WorkflowFailureError) as info:
             await handle.result()
     message = str(info.value.cause)
@@ -92,7 +79,7 @@ async def test_transient_errors_are_retried_by_temporal(
 ) -> None:
     fake_groq.script("planner", Status(503), Status(500))
     async with new_worker():
-        run_id, handle = await _run(client, settings)
+        run_id, handle = await start_pipeline(client, settings)
         result = await handle.result()
     assert result.status == "COMPLETED"
     assert fake_groq.count("planner") == 3  # the SDK did not retry on its own
@@ -111,7 +98,7 @@ async def test_unreachable_search_degrades_to_no_research(
     async with new_worker(
         settings=settings.model_copy(update={"research_mode": "always"}), search_backend=search
     ):
-        run_id, handle = await _run(client, settings)
+        run_id, handle = await start_pipeline(client, settings)
         result = await handle.result()
     assert result.status == "COMPLETED" and search.queries == ["Build a snake game"]
     researcher = steps_of(engine, run_id)[0]
@@ -131,7 +118,7 @@ async def test_search_results_reach_the_researcher(
     hit = SearchHit(title="Pygame docs", url="https://www.pygame.org/docs", snippet="pygame API")
     search = FakeSearch(hits=[hit])
     async with new_worker(search_backend=search):
-        run_id, handle = await _run(
+        run_id, handle = await start_pipeline(
             client, settings, query="Build a snake game with the latest pygame"
         )
         await handle.result()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,22 +12,16 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from crewline.db import get_run
 from crewline.settings import Settings
 from crewline.temporal import DevServer
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, free_port
 from tests.fakes import FakeGroq, Reply
 from tests.procs import spawn_worker, stop
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_server_restart_mid_run_completes(
     settings: Settings, fake_groq: FakeGroq, engine: Any, tmp_path: Path
 ) -> None:
-    server = DevServer(tmp_path / "temporal.db", port=_free_port(), ui_port=_free_port())
+    server = DevServer(tmp_path / "temporal.db", port=free_port(), ui_port=free_port())
     await server.start()
     settings = settings.model_copy(
         update={"temporal_address": server.address, "data_dir": settings.data_dir.resolve()}

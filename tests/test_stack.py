@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,24 +12,18 @@ from pathlib import Path
 import httpx
 
 from crewline.db import get_run, make_engine
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, free_port
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GROQ_", "LLM_", "CREWLINE_"))}
     env.update(
         CREWLINE_DATA_DIR=str(tmp_path / "data"),
-        TEMPORAL_PORT=str(_free_port()),
-        TEMPORAL_UI_PORT=str(_free_port()),
-        API_PORT=str(_free_port()),
+        TEMPORAL_PORT=str(free_port()),
+        TEMPORAL_UI_PORT=str(free_port()),
+        API_PORT=str(free_port()),
         SEARCH_BACKEND="none",
         **extra,
     )

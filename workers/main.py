@@ -33,6 +33,10 @@ log = structlog.get_logger("crewline.worker")
 STICKY_SCHEDULE_TO_START = timedelta(seconds=3)
 # On SIGTERM, in-flight LLM calls get this long to finish before they are cancelled.
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+# Send heartbeats at most this far apart (the SDK's default is 80% of the 10 s heartbeat
+# timeout, which leaves 2 s of slack: at 1,000 runs in flight on 2 cores, live activities
+# missed it and were run twice). 3 s leaves 7 s of slack for an overloaded worker or server.
+HEARTBEAT_THROTTLE = timedelta(seconds=3)
 
 _UNSET = object()
 
@@ -69,6 +73,8 @@ def build_worker(
         activities=activities.all(),  # type: ignore[arg-type]
         sticky_queue_schedule_to_start_timeout=STICKY_SCHEDULE_TO_START,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         **worker_options,
     )
 
