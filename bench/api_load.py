@@ -1,52 +1,67 @@
-"""`POST /runs` latency under concurrent clients, against the real API app served by uvicorn.
+"""`POST /runs` latency under concurrent clients, against `crewline api` in its own process.
 
-The API runs in its own thread and event loop (as it would in its own process), so the load
-generator does not share a loop with the server it measures. Runs go to a task queue no worker
-polls: this measures the API path (validate, write the row, start the workflow), not the pipeline.
+A separate process, as in production: the load generator must not share a GIL or an event loop
+with the server it measures. Runs go to a task queue no worker polls, so this measures the API
+path (validate, write the row, start the workflow), not the pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
-import uvicorn
 
-from api.app import create_app
 from bench.harness import free_port, percentiles
 from crewline.settings import Settings
-from crewline.stack import _ApiServer
 
 
-def _serve(server: uvicorn.Server) -> None:
-    asyncio.run(server.serve())
+def _env(settings: Settings, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GROQ_", "LLM_", "CREWLINE_"))}
+    env.update(
+        LLM_PROVIDER="scripted",
+        CREWLINE_DATA_DIR=str(settings.data_dir.resolve()),
+        TEMPORAL_ADDRESS=settings.temporal_address,
+        CREWLINE_TASK_QUEUE="bench-api-only",
+        API_PORT=str(port),
+        LOG_LEVEL="WARNING",
+    )
+    return env
 
 
 async def post_latency(settings: Settings, clients: int, per_client: int) -> dict[str, float]:
     port = free_port()
-    api_settings = settings.model_copy(update={"task_queue": "bench-api-only"})
-    server = _ApiServer(
-        uvicorn.Config(create_app(api_settings), port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=_serve, args=(server,), daemon=True)
-    thread.start()
-    while not server.started:
-        await asyncio.sleep(0.05)
+    crewline = str(Path(sys.executable).parent / "crewline")
+    api = subprocess.Popen(
+        [crewline, "api"], env=_env(settings, port), cwd=settings.data_dir,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as http:
-        await http.post("/runs", json={"query": "warm-up"})
+    try:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
+        ) as http:
+            for _ in range(200):  # wait for the API to listen
+                try:
+                    await http.post("/runs", json={"query": "warm-up"})
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
 
-        async def client() -> None:
-            for _ in range(per_client):
-                start = time.perf_counter()
-                response = await http.post("/runs", json={"query": "Build a snake game"})
-                latencies.append((time.perf_counter() - start) * 1000)
-                response.raise_for_status()
+            async def client() -> None:
+                for _ in range(per_client):
+                    start = time.perf_counter()
+                    response = await http.post("/runs", json={"query": "Build a snake game"})
+                    latencies.append((time.perf_counter() - start) * 1000)
+                    response.raise_for_status()
 
-        await asyncio.gather(*(client() for _ in range(clients)))
-    server.should_exit = True
-    thread.join(timeout=10)
+            await asyncio.gather(*(client() for _ in range(clients)))
+    finally:
+        api.terminate()
+        api.wait(timeout=20)
     return percentiles(latencies)
