@@ -79,16 +79,39 @@ def _parse_completion(raw: Any, provider: str, fallback_model: str) -> LLMRespon
     )
 
 
-def _messages(request: LLMRequest) -> list[dict[str, str]]:
-    return [
-        {"role": "system", "content": request.system},
-        {"role": "user", "content": request.user},
-    ]
+class _ChatCompletionsProvider:
+    """Both SDKs are generated from the same OpenAI-style API: one call path serves both."""
+
+    name: str
+    key_var: str
+    _key: str
+    _client: Any
+    _validation_error: type[Exception]
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        try:
+            raw = await self._client.chat.completions.create(
+                model=request.model,
+                messages=[
+                    {"role": "system", "content": request.system},
+                    {"role": "user", "content": request.user},
+                ],
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                **({"user": request.tag} if request.tag else {}),
+            )
+        except (self._validation_error, json.JSONDecodeError) as exc:
+            raise MalformedResponseError(f"{type(exc).__name__}: {exc}") from exc
+        return _parse_completion(raw, self.name, request.model)
+
+    def secrets(self) -> list[str]:
+        return [self._key]
 
 
-class GroqProvider:
+class GroqProvider(_ChatCompletionsProvider):
     name = "groq"
     key_var = "GROQ_API_KEY"
+    _validation_error = groq.APIResponseValidationError
 
     def __init__(self, settings: Settings) -> None:
         assert settings.groq_api_key is not None
@@ -100,26 +123,11 @@ class GroqProvider:
             timeout=settings.llm_timeout_s,
         )
 
-    async def complete(self, request: LLMRequest) -> LLMResponse:
-        try:
-            raw = await self._client.chat.completions.create(
-                model=request.model,
-                messages=_messages(request),  # type: ignore[arg-type]
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                user=request.tag or groq.omit,
-            )
-        except (groq.APIResponseValidationError, json.JSONDecodeError) as exc:
-            raise MalformedResponseError(f"{type(exc).__name__}: {exc}") from exc
-        return _parse_completion(raw, self.name, request.model)
 
-    def secrets(self) -> list[str]:
-        return [self._key]
-
-
-class OpenAICompatProvider:
+class OpenAICompatProvider(_ChatCompletionsProvider):
     name = "openai"
     key_var = "LLM_API_KEY"
+    _validation_error = openai.APIResponseValidationError
 
     def __init__(self, settings: Settings) -> None:
         # Local servers (Ollama, vLLM) ignore the key, but the SDK insists on one.
@@ -130,22 +138,6 @@ class OpenAICompatProvider:
             max_retries=0,
             timeout=settings.llm_timeout_s,
         )
-
-    async def complete(self, request: LLMRequest) -> LLMResponse:
-        try:
-            raw = await self._client.chat.completions.create(
-                model=request.model,
-                messages=_messages(request),  # type: ignore[arg-type]
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                user=request.tag or openai.omit,
-            )
-        except (openai.APIResponseValidationError, json.JSONDecodeError) as exc:
-            raise MalformedResponseError(f"{type(exc).__name__}: {exc}") from exc
-        return _parse_completion(raw, self.name, request.model)
-
-    def secrets(self) -> list[str]:
-        return [self._key]
 
 
 class ScriptedProvider:

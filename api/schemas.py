@@ -8,20 +8,24 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, field_validator
 
+from crewline.statuses import TERMINAL_STATUSES
+
 MAX_QUERY_CHARS = 4000
 
 
 class RunStatus(StrEnum):
+    """The API's enum of `crewline.statuses.RUN_STATUSES` (a test keeps the two equal)."""
+
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
+    WAITING_FOR_BUDGET = "WAITING_FOR_BUDGET"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
-    WAITING_FOR_BUDGET = "WAITING_FOR_BUDGET"
 
 
-TERMINAL = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.BUDGET_EXCEEDED}
+TERMINAL = {RunStatus(s) for s in TERMINAL_STATUSES}
 
 
 class RunCreate(BaseModel):

@@ -20,11 +20,11 @@ import typer
 
 from costs.pricing import UnknownPriceError
 from crewline.settings import ConfigurationError, Settings
+from crewline.statuses import TERMINAL_STATUSES
 
 app = typer.Typer(
     help="crewline: durable multi-agent AI workflows on Temporal.", no_args_is_help=True
 )
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"}
 
 
 def exit_hard(code: int) -> NoReturn:
@@ -117,7 +117,7 @@ def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
                 typer.echo(
                     f"  paused: {run.get('error')}\n  raise it with: crewline budget {run_id} <usd>"
                 )
-        if run["status"] in TERMINAL:
+        if run["status"] in TERMINAL_STATUSES:
             elapsed = time.monotonic() - started
             typer.echo(f"  run {run['status']} in {elapsed:.1f}s, spent {_spend(run)}")
             return run  # type: ignore[no-any-return]
@@ -173,7 +173,7 @@ def status(run_id: str) -> None:
     typer.echo(f"{found['run_id']}  {found['status']}  {found['query']!r}")
     for step in found["steps"]:
         typer.echo(_step_line(step))
-    if found["status"] in TERMINAL:
+    if found["status"] in TERMINAL_STATUSES:
         exit_hard(_print_outcome(settings, found))
     exit_hard(0)
 

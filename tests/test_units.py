@@ -187,3 +187,10 @@ def test_breaker_state_machine() -> None:
     breaker.before_call()
     breaker.on_answer()  # permanent errors never count as failures
     assert breaker.consecutive_failures == 0
+
+
+def test_api_status_enum_matches_the_shared_list() -> None:
+    from api.schemas import RunStatus
+    from crewline.statuses import RUN_STATUSES
+
+    assert [s.value for s in RunStatus] == list(RUN_STATUSES)

@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities, AgentInput, AgentResult, RunUpdate
+    from crewline.statuses import TERMINAL_STATUSES
     from workflows.models import (
         BudgetRaise,
         BudgetState,
@@ -69,7 +70,6 @@ LLM_RETRY = RetryPolicy(
 BOOKKEEPING_START_TO_CLOSE = timedelta(seconds=30)
 BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20)
 BUDGET_WARNINGS = (50, 80, 100)  # percent of budget: one structured warning each
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"}
 
 
 class _BudgetStop(Exception):
@@ -119,7 +119,7 @@ class AgentPipelineWorkflow:
 
     @raise_budget.validator
     def _check_raise(self, req: BudgetRaise) -> None:
-        if self._status in TERMINAL:
+        if self._status in TERMINAL_STATUSES:
             raise ValueError(f"run already ended with status {self._status}")
         if self._budget is not None and req.budget_usd <= self._budget:
             raise ValueError(f"new budget must be above the current {self._budget} USD")
@@ -165,10 +165,14 @@ class AgentPipelineWorkflow:
         await self._record(
             RunUpdate(run_id=inp.run_id, status="COMPLETED", final_answer=self._final_answer)
         )
+        return self._result(results)
+
+    def _result(self, results: list[AgentResult]) -> PipelineResult:
+        """The run's result so far: complete, or partial when stopped for budget."""
         return PipelineResult(
-            run_id=inp.run_id,
-            status="COMPLETED",
-            final_answer=self._final_answer,
+            run_id=self._run_id,
+            status=self._status,
+            final_answer=self._final_answer or "",
             steps=results,
             artifacts=next((r.artifacts for r in results if r.agent == "coder"), []),
             scripted=any(r.scripted for r in results),
@@ -274,15 +278,7 @@ class AgentPipelineWorkflow:
             f"stopped before {stop.agent}: spent {self._spent} of {self._budget} USD; {stop}"
         )
         await self._record(RunUpdate(run_id=self._run_id, status=self._status, error=self._error))
-        return PipelineResult(
-            run_id=self._run_id,
-            status=self._status,
-            final_answer="",
-            steps=results,
-            artifacts=next((r.artifacts for r in results if r.agent == "coder"), []),
-            scripted=any(r.scripted for r in results),
-            spent_usd=self._spent,
-        )
+        return self._result(results)
 
     async def _on_failure(self, err: BaseException) -> None:
         self._error = _failure_message(err)
