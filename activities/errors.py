@@ -9,7 +9,7 @@ sooner than the server's `Retry-After`. Messages never contain the API key.
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -53,9 +53,7 @@ def retry_after_seconds(headers: Any) -> float | None:
         return float(value)
     except ValueError:
         try:
-            from crewline.db import utcnow
-
-            return max((parsedate_to_datetime(value) - utcnow()).total_seconds(), 0.0)
+            return max((parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds(), 0.0)
         except (TypeError, ValueError):
             return None
 

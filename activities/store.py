@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from activities.breaker import BreakerSnapshot
 from crewline.db import Artifact, BreakerRow, Run, Step, session_scope, utcnow
@@ -74,8 +74,3 @@ def save_breaker(engine: Engine, worker: str, snap: BreakerSnapshot) -> None:
         row.opened_at = snap.opened_at
         row.updated_at = snap.updated_at
         session.add(row)
-
-
-def count_steps(engine: Engine, run_id: str) -> int:
-    with Session(engine) as session:
-        return len(list(session.exec(select(Step.id).where(Step.run_id == run_id))))

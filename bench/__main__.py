@@ -16,7 +16,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,11 @@ from bench.harness import (
     Runner,
     burst,
     embedded_stack,
-    own_pid,
     percentiles,
     sequential_overheads,
     throughput,
 )
 from bench.history import breakdown
-from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 
 SIZES = {
     # name: (sequential runs at d=0, at d=0.5, {in flight: total runs}, burst size,
@@ -61,37 +58,29 @@ async def measure_crewline(workdir: Path, size: tuple[Any, ...], tuned: bool) ->
     async with embedded_stack(workdir, **options) as stack:
         out: dict[str, Any] = {}
         async with stack.worker(0.0):
-            await stack.runner(0.0)()  # warm-up
+            await stack.run_once()  # warm-up
             out["overhead_ms_d0"] = percentiles(
-                await sequential_overheads(stack.runner(0.0), seq0, 0.0)
+                await sequential_overheads(stack.run_once, seq0, 0.0)
             )
-            out["throughput"] = {
-                c: await throughput(stack.runner(0.0), c, n) for c, n in tp.items()
-            }
-            run_id = f"bench-history-{uuid.uuid4().hex[:6]}"
-            await stack.client.execute_workflow(
-                AgentPipelineWorkflow.run,
-                PipelineInput(run_id=run_id, query="Build a snake game"),
-                id=run_id,
-                task_queue=stack.settings.task_queue,
-            )
+            out["throughput"] = {c: await throughput(stack.run_once, c, n) for c, n in tp.items()}
+            run_id = await stack.run_once()
             history = await stack.client.get_workflow_handle(run_id).fetch_history()
             out["history_breakdown"] = breakdown(history)
         async with stack.worker(0.5):
             out["overhead_ms_d500"] = percentiles(
-                await sequential_overheads(stack.runner(0.5), seq5, 0.5)
+                await sequential_overheads(stack.run_once, seq5, 0.5)
             )
         if tuned:
             assert stack.server.process is not None
             async with stack.worker(1.0):
                 wall, peak = await burst(
-                    stack.runner(1.0), burst_n, [own_pid(), stack.server.process.pid]
+                    stack.run_once, burst_n, [os.getpid(), stack.server.process.pid]
                 )
             out["burst"] = {
                 "runs": burst_n,
                 "wall_s": wall,
                 "ideal_s": 5.0,
-                "worker_rss_mb": peak[own_pid()],
+                "worker_rss_mb": peak[os.getpid()],
                 "server_rss_mb": peak[stack.server.process.pid],
             }
             out["post_runs_ms"] = await post_latency(stack.settings, clients, each)

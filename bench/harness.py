@@ -8,7 +8,6 @@ SQLite writes; only the LLM is the `scripted` provider with a fixed delay d.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import statistics
 import time
@@ -28,7 +27,7 @@ from crewline.temporal import DevServer
 from workers.main import build_worker
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 
-Runner = Callable[[], Awaitable[None]]
+Runner = Callable[[], Awaitable[object]]
 
 
 def free_port() -> int:
@@ -66,17 +65,16 @@ class Stack:
         async with build_worker(self.client, settings, engine=self.engine, search_backend=None):
             yield
 
-    def runner(self, delay_s: float) -> Runner:
-        async def one() -> None:
-            run_id = f"bench-{uuid.uuid4().hex[:12]}"
-            await self.client.execute_workflow(
-                AgentPipelineWorkflow.run,
-                PipelineInput(run_id=run_id, query="Build a snake game"),
-                id=run_id,
-                task_queue=self.settings.task_queue,
-            )
-
-        return one
+    async def run_once(self) -> str:
+        """One pipeline run to completion (at the d of the running worker); its run id."""
+        run_id = f"bench-{uuid.uuid4().hex[:12]}"
+        await self.client.execute_workflow(
+            AgentPipelineWorkflow.run,
+            PipelineInput(run_id=run_id, query="Build a snake game"),
+            id=run_id,
+            task_queue=self.settings.task_queue,
+        )
+        return run_id
 
 
 @asynccontextmanager
@@ -150,7 +148,3 @@ async def burst(runner: Runner, count: int, pids: list[int]) -> tuple[float, dic
     done.set()
     await sampler
     return wall, peak
-
-
-def own_pid() -> int:
-    return os.getpid()

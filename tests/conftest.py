@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from api.app import create_app
 from crewline.db import make_engine
 from crewline.settings import Settings
 from crewline.temporal import dev_server_path, test_server_path
@@ -97,6 +99,16 @@ def settings(tmp_path: Path, fake_groq: FakeGroq, dev_env: WorkflowEnvironment) 
 @pytest.fixture
 def engine(settings: Settings) -> Any:
     return make_engine(settings.resolved_database_url)
+
+
+@pytest.fixture
+async def api(client: Client, settings: Settings, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The real API app (lifespan included) over ASGI, on the test's settings and database."""
+    app = create_app(settings, client=client, engine=engine)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
 
 
 @pytest.fixture

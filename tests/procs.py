@@ -40,6 +40,26 @@ def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+class WorkerProcesses:
+    """Worker processes for one test, numbered in their log names; all stopped at exit."""
+
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings, self.logs = settings, logs
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        process = spawn_worker(self.settings, self.logs / f"worker{len(self.started) + 1}.log")
+        self.started.append(process)
+        return process
+
+    def __enter__(self) -> WorkerProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.started:
+            stop(process)
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()

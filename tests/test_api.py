@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -14,15 +14,6 @@ from api.app import create_app
 from crewline.settings import Settings
 from tests.conftest import assert_eventually
 from tests.fakes import FakeGroq, Hang
-
-
-@pytest.fixture
-async def api(client: Client, settings: Settings, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, client=client, engine=engine)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
 
 
 async def _finished(api: httpx.AsyncClient, run_id: str) -> dict[str, Any]:

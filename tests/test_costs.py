@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,7 +15,6 @@ from genai_prices import Usage, calc_price
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from api.app import create_app
 from costs.budget import BudgetExhaustedError, estimate_tokens, plan_call
 from costs.ledger import calls_of, record_call
 from costs.pricing import ModelPrice, Pricer, UnknownPriceError
@@ -33,16 +32,6 @@ def _groq_price(prompt: int, completion: int, model: str = MODEL) -> Decimal:
     return calc_price(
         Usage(input_tokens=prompt, output_tokens=completion), model, provider_id="groq"
     ).total_price
-
-
-@pytest.fixture
-async def api(client: Client, settings: Settings, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, client=client, engine=engine)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
-    ):
-        yield http
 
 
 async def test_each_call_costs_exactly_what_genai_prices_says(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,37 +11,24 @@ from temporalio.client import Client
 from costs.ledger import calls_of
 from crewline.db import steps_of
 from crewline.settings import Settings
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Hang
-from tests.procs import spawn_worker, stop
-from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
+from tests.procs import WorkerProcesses
 
 
 async def test_worker_killed_during_coder_resumes_on_new_worker(
     client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any, tmp_path: Path
 ) -> None:
     # Absolute data dir: the worker runs with cwd = data dir.
-    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
     fake_groq.script("coder", Hang(60))  # the first coder call never answers
-    first = spawn_worker(settings, tmp_path / "worker1.log")
-    second = None
-    try:
-        run_id = f"run-{uuid.uuid4().hex[:12]}"
-        handle = await client.start_workflow(
-            AgentPipelineWorkflow.run,
-            PipelineInput(run_id=run_id, query="Build a snake game"),
-            id=run_id,
-            task_queue=settings.task_queue,
-        )
+    with WorkerProcesses(settings, tmp_path) as workers:
+        first = workers.spawn()
+        run_id, handle = await start_pipeline(client, settings)
         await assert_eventually(lambda: fake_groq.count("coder") == 1, timeout=60)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        second = spawn_worker(settings, tmp_path / "worker2.log")
+        workers.spawn()
         result = await handle.result()
-    finally:
-        stop(first)
-        if second is not None:
-            stop(second)
     assert result.status == "COMPLETED"
     counts = {
         a: fake_groq.count(a) for a in ("researcher", "planner", "executor", "coder", "finalizer")

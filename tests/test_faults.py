@@ -24,7 +24,7 @@ from crewline.db import breakers, steps_of
 from crewline.settings import Settings
 from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Hang, Malformed, Reply, Status
-from tests.procs import spawn_worker, stop
+from tests.procs import WorkerProcesses
 from workflows.pipeline import AGENT_ORDER
 
 MODEL = "llama-3.3-70b-versatile"
@@ -152,13 +152,11 @@ async def test_sigkill_in_each_of_the_five_steps_loses_and_repeats_nothing(
     client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any, tmp_path: Path
 ) -> None:
     rng = random.Random(7)
-    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
     targets = list(AGENT_ORDER)
     rng.shuffle(targets)
     runs: list[tuple[str, str, WorkflowHandle[Any, Any]]] = []
-    first = spawn_worker(settings, tmp_path / "w1.log")
-    second = None
-    try:
+    with WorkerProcesses(settings, tmp_path) as workers:
+        first = workers.spawn()
         for target in targets:
             run_id, handle = await start_pipeline(client, settings)
             for agent in AGENT_ORDER:  # seeded latencies move the kill point inside the runs
@@ -171,12 +169,8 @@ async def test_sigkill_in_each_of_the_five_steps_loses_and_repeats_nothing(
         first.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         first.wait()
-        second = spawn_worker(settings, tmp_path / "w2.log")
+        workers.spawn()
         results = [await h.result() for _, _, h in runs]
-    finally:
-        stop(first)
-        if second is not None:
-            stop(second)
     assert [r.status for r in results] == ["COMPLETED"] * 5
     takeovers = []
     for run_id, target, _ in runs:
@@ -192,23 +186,17 @@ async def test_sigkill_in_each_of_the_five_steps_loses_and_repeats_nothing(
 async def test_sigterm_lets_the_call_finish_and_records_it_once(
     client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any, tmp_path: Path
 ) -> None:
-    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
     fake_groq.script("planner", Reply(delay_s=3))
-    worker = spawn_worker(settings, tmp_path / "w1.log")
-    second = None
-    try:
+    with WorkerProcesses(settings, tmp_path) as workers:
+        worker = workers.spawn()
         run_id, handle = await start_pipeline(client, settings)
         await assert_eventually(lambda: fake_groq.count("planner") == 1, timeout=30)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=40) == 0
         planner = next(s for s in steps_of(engine, run_id) if s.agent == "planner")
         assert planner.status == "COMPLETED" and planner.attempt == 1
-        second = spawn_worker(settings, tmp_path / "w2.log")
+        workers.spawn()
         result = await handle.result()
-    finally:
-        stop(worker)
-        if second is not None:
-            stop(second)
     assert result.status == "COMPLETED"
     assert fake_groq.count("planner") == 1 and fake_groq.count("executor") == 1
     assert len(steps_of(engine, run_id)) == 5

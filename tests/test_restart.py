@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from crewline.db import get_run
 from crewline.settings import Settings
 from crewline.temporal import DevServer
-from tests.conftest import assert_eventually, free_port
+from tests.conftest import assert_eventually, free_port, start_pipeline
 from tests.fakes import FakeGroq, Reply
-from tests.procs import spawn_worker, stop
-from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
+from tests.procs import WorkerProcesses
+from workflows.pipeline import AgentPipelineWorkflow
 
 
 async def test_server_restart_mid_run_completes(
@@ -23,27 +22,20 @@ async def test_server_restart_mid_run_completes(
 ) -> None:
     server = DevServer(tmp_path / "temporal.db", port=free_port(), ui_port=free_port())
     await server.start()
-    settings = settings.model_copy(
-        update={"temporal_address": server.address, "data_dir": settings.data_dir.resolve()}
-    )
+    settings = settings.model_copy(update={"temporal_address": server.address})
     fake_groq.script("planner", Reply(delay_s=3))
-    worker = spawn_worker(settings, tmp_path / "worker.log")
     try:
-        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-        run_id = f"run-{uuid.uuid4().hex[:12]}"
-        await client.start_workflow(
-            AgentPipelineWorkflow.run,
-            PipelineInput(run_id=run_id, query="Build a snake game"),
-            id=run_id,
-            task_queue=settings.task_queue,
-        )
-        await assert_eventually(lambda: fake_groq.count("planner") == 1, timeout=30)
-        server.stop()  # mid-planner: the whole history lives only in temporal.db now
-        await server.start()
-        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-        result = await client.get_workflow_handle_for(AgentPipelineWorkflow.run, run_id).result()
+        with WorkerProcesses(settings, tmp_path) as workers:
+            workers.spawn()
+            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            run_id, _ = await start_pipeline(client, settings)
+            await assert_eventually(lambda: fake_groq.count("planner") == 1, timeout=30)
+            server.stop()  # mid-planner: the whole history lives only in temporal.db now
+            await server.start()
+            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            handle = client.get_workflow_handle_for(AgentPipelineWorkflow.run, run_id)
+            result = await handle.result()
     finally:
-        stop(worker)
         server.stop()
     assert result.status == "COMPLETED"
     assert fake_groq.count("researcher") == 1  # finished before the restart: not run again

@@ -19,7 +19,7 @@ from temporalio.service import RPCError
 
 from activities import store
 from api.deps import EngineDep, SettingsDep, TemporalDep
-from api.routes.runs import _check_budget_cap, _not_found
+from api.routes.runs import check_budget_cap, not_found
 from api.schemas import (
     TERMINAL,
     BudgetRaiseIn,
@@ -42,7 +42,7 @@ UPDATE_TIMEOUT_S = 15
 def run_costs(run_id: str, engine: EngineDep) -> RunCosts:
     run = get_run(engine, run_id)
     if run is None:
-        raise _not_found(run_id)
+        raise not_found(run_id)
     calls = calls_of(engine, run_id)
     by_agent: dict[str, Decimal] = {}
     for call in calls:
@@ -95,8 +95,8 @@ async def raise_budget(
 ) -> dict[str, str | None]:
     run = await run_in_threadpool(get_run, engine, run_id)
     if run is None:
-        raise _not_found(run_id)
-    _check_budget_cap(settings, body.budget_usd)
+        raise not_found(run_id)
+    check_budget_cap(settings, body.budget_usd)
     if RunStatus(run.status) in TERMINAL:
         raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} already ended ({run.status})")
     handle = client.get_workflow_handle_for(AgentPipelineWorkflow.run, run_id)

@@ -59,7 +59,7 @@ def _links(settings: Settings, run_id: str) -> RunLinks:
     )
 
 
-def _not_found(run_id: str) -> HTTPException:
+def not_found(run_id: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} not found")
 
 
@@ -88,7 +88,7 @@ def _run_detail(settings: Settings, engine: Engine, run: Run) -> RunOut:
     return out
 
 
-def _check_budget_cap(settings: Settings, budget: Decimal | None) -> None:
+def check_budget_cap(settings: Settings, budget: Decimal | None) -> None:
     if budget is not None and budget > settings.max_budget_usd:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -131,7 +131,7 @@ async def create_run(
         provider = settings.provider()
     except ConfigurationError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
-    _check_budget_cap(settings, body.budget_usd)
+    check_budget_cap(settings, body.budget_usd)
     budget = body.budget_usd or settings.default_budget_usd
     run = Run(
         run_id=f"run-{uuid.uuid4().hex[:16]}",
@@ -228,7 +228,7 @@ async def read_run(
 ) -> RunOut:
     run = await run_in_threadpool(get_run, engine, run_id)
     if run is None:
-        raise _not_found(run_id)
+        raise not_found(run_id)
     # Temporal down: the database view is still worth showing.
     with contextlib.suppress(RPCError, RuntimeError):
         run = await _reconcile(client, engine, run)
@@ -239,7 +239,7 @@ async def read_run(
 async def cancel_run(run_id: str, engine: EngineDep, client: TemporalDep) -> dict[str, str]:
     run = await run_in_threadpool(get_run, engine, run_id)
     if run is None:
-        raise _not_found(run_id)
+        raise not_found(run_id)
     if RunStatus(run.status) in TERMINAL:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"run {run_id} already ended with status {run.status}"
@@ -259,7 +259,7 @@ async def cancel_run(run_id: str, engine: EngineDep, client: TemporalDep) -> dic
 def list_artifacts(run_id: str, settings: SettingsDep, engine: EngineDep) -> list[ArtifactOut]:
     run = get_run(engine, run_id)
     if run is None:
-        raise _not_found(run_id)
+        raise not_found(run_id)
     return _artifacts(engine, run_id)
 
 
