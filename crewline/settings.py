@@ -88,7 +88,6 @@ class Settings(BaseSettings):
     api_url: str | None = Field(default=None, alias="CREWLINE_API_URL")
 
     # --- runs --------------------------------------------------------------------------------
-    max_query_chars: int = Field(default=4000, alias="MAX_QUERY_CHARS", gt=0)
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_json: bool = Field(default=False, alias="LOG_JSON")
 
