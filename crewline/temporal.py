@@ -76,7 +76,13 @@ def port_open(host: str, port: int) -> bool:
 # another), eager activity dispatch (the next activity rides on the workflow task's reply), and
 # SQLite in WAL mode with synchronous=NORMAL (durable across process crashes; an OS crash may
 # lose the last transactions).
+_UNTHROTTLED = "100000"
 EMBEDDED_DYNAMIC_CONFIG: dict[str, str] = {
+    **{
+        f"history.{queue}ProcessorMaxPoll{scope}RPS": _UNTHROTTLED
+        for queue in ("transfer", "timer", "visibility")
+        for scope in ("", "Host")
+    },
     "matching.numTaskqueueReadPartitions": "1",
     "matching.numTaskqueueWritePartitions": "1",
     "system.enableActivityEagerExecution": "true",
