@@ -42,3 +42,26 @@ async def test_pipeline_with_no_workflow_cache(
             task_queue=settings.task_queue,
         )
     assert result.status == "COMPLETED" and fake_groq.count("finalizer") == 1
+
+
+def test_current_histories_record_run_status_locally() -> None:
+    # Runs started by today's code write their status with local activities (no server round
+    # trip, see README "Performance"); runs recorded before that (the *_v1 histories) used
+    # regular record_run activities and must keep replaying (test above).
+    for path in HISTORIES:
+        history = WorkflowHistory.from_json(path.stem, path.read_text())
+        scheduled = [
+            e.activity_task_scheduled_event_attributes.activity_type.name
+            for e in history.events
+            if e.HasField("activity_task_scheduled_event_attributes")
+        ]
+        markers = [
+            e.marker_recorded_event_attributes.marker_name
+            for e in history.events
+            if e.HasField("marker_recorded_event_attributes")
+        ]
+        if path.stem.endswith("_v1"):
+            assert "record_run" in scheduled and "core_local_activity" not in markers
+        else:
+            assert "record_run" not in scheduled, path.stem
+            assert "core_patch" in markers and "core_local_activity" in markers, markers
