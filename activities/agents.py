@@ -23,7 +23,7 @@ from activities import store
 from activities.breaker import BreakerRegistry
 from activities.calls import CallOutcome, MeteredCaller
 from activities.heartbeat import heartbeating
-from activities.llm import LLMProvider
+from activities.llm import LLMProvider, LLMResponse
 from activities.prompts import render
 from activities.research import needs_research
 from activities.tools import ToolContext, ToolRegistry
@@ -111,28 +111,50 @@ class AgentActivities:
         # SQLAlchemy is synchronous: keep it off the worker's event loop.
         await asyncio.to_thread(fn, self._engine, *args, **kwargs)
 
-    async def _call(self, inp: AgentInput, system: str, user: str) -> CallOutcome:
+    async def _call(
+        self, inp: AgentInput, system: str, user: str, *, notes: str | None = None,
+        completes: bool = True,
+    ) -> CallOutcome:  # fmt: skip
+        """The step's metered LLM call. `completes`: the answer is the step's output, so the step
+        row is marked COMPLETED in the same transaction as the call's ledger row."""
         step = dict(
             position=AGENTS.index(inp.agent), status="RUNNING", attempt=activity.info().attempt,
             model=self._settings.model_for(inp.agent), provider=self._llm.name, error=None,
             started_at=utcnow(), finished_at=None,
         )  # fmt: skip
+
+        def completed(response: LLMResponse, cost: Decimal) -> dict[str, Any]:
+            return self._completed_fields(response, cost, output=response.text, notes=notes)
+
         return await self._caller.call(
-            inp.run_id, inp.agent, system, user, inp.budget_left_usd, step
-        )
+            inp.run_id, inp.agent, system, user, inp.budget_left_usd, step,
+            settle=completed if completes else None,
+        )  # fmt: skip
+
+    def _completed_fields(
+        self, response: LLMResponse, cost: Decimal, *, output: str, notes: str | None
+    ) -> dict[str, Any]:
+        return dict(
+            status="COMPLETED", output=output, notes=notes, model=response.model,
+            prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
+            attempt=activity.info().attempt, error=None, finished_at=utcnow(),
+            cost_usd=cost, reserved_usd=0,
+        )  # fmt: skip
 
     async def _finish(
         self, inp: AgentInput, outcome: CallOutcome, output: str, **extra: Any
     ) -> AgentResult:
-        attempt = activity.info().attempt
+        """Write the completed step (when its output is more than the call's answer)."""
+        fields = self._completed_fields(
+            outcome.response, outcome.step_cost_usd, output=output, notes=extra.get("notes")
+        )
+        await self._db(store.upsert_step, inp.run_id, inp.agent, **fields)
+        return self._result(inp, outcome, output, **extra)
+
+    def _result(
+        self, inp: AgentInput, outcome: CallOutcome, output: str, **extra: Any
+    ) -> AgentResult:
         response = outcome.response
-        await self._db(
-            store.upsert_step, inp.run_id, inp.agent,
-            status="COMPLETED", output=output, notes=extra.get("notes"), model=response.model,
-            prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
-            attempt=attempt, error=None, finished_at=utcnow(),
-            cost_usd=outcome.step_cost_usd, reserved_usd=0,
-        )  # fmt: skip
         return AgentResult(
             agent=inp.agent,
             output=_bounded(output),
@@ -142,7 +164,7 @@ class AgentActivities:
             completion_tokens=response.completion_tokens,
             usage_estimated=response.usage_estimated,
             scripted=response.scripted,
-            attempt=attempt,
+            attempt=activity.info().attempt,
             cost_usd=outcome.step_cost_usd,
             max_tokens_shrunk=outcome.max_tokens_shrunk,
             **extra,
@@ -168,22 +190,22 @@ class AgentActivities:
             results = f"(none — {found.skipped_reason})"
             notes = found.skipped_reason
         prompt = render("researcher", query=inp.query, search_results=results)
-        outcome = await self._call(inp, prompt.system, prompt.user)
-        return await self._finish(inp, outcome, outcome.response.text, notes=notes)
+        outcome = await self._call(inp, prompt.system, prompt.user, notes=notes)
+        return self._result(inp, outcome, outcome.response.text, notes=notes)
 
     @activity.defn(name="planner")
     @heartbeating
     async def plan(self, inp: AgentInput) -> AgentResult:
         prompt = render("planner", query=inp.query, research=inp.context.get("researcher", ""))
         outcome = await self._call(inp, prompt.system, prompt.user)
-        return await self._finish(inp, outcome, outcome.response.text)
+        return self._result(inp, outcome, outcome.response.text)
 
     @activity.defn(name="executor")
     @heartbeating
     async def execute(self, inp: AgentInput) -> AgentResult:
         prompt = render("executor", query=inp.query, plan=inp.context.get("planner", ""))
         outcome = await self._call(inp, prompt.system, prompt.user)
-        return await self._finish(inp, outcome, outcome.response.text)
+        return self._result(inp, outcome, outcome.response.text)
 
     @activity.defn(name="coder")
     @heartbeating
@@ -194,7 +216,7 @@ class AgentActivities:
             plan=inp.context.get("planner", ""),
             architecture=inp.context.get("executor", ""),
         )
-        outcome = await self._call(inp, prompt.system, prompt.user)
+        outcome = await self._call(inp, prompt.system, prompt.user, completes=False)
         response = outcome.response
         files = parse_files(response.text)
         notes = None
@@ -224,7 +246,7 @@ class AgentActivities:
             research=inp.context.get("researcher", ""),
         )
         outcome = await self._call(inp, prompt.system, prompt.user)
-        return await self._finish(inp, outcome, outcome.response.text)
+        return self._result(inp, outcome, outcome.response.text)
 
     # ---- run bookkeeping -------------------------------------------------------------------------
     @activity.defn(name="record_run")

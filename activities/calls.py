@@ -10,6 +10,7 @@ activity, attempt); attempts it rejected (4xx/5xx, connection refused) cost noth
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ BILLABLE_FAILURES = (*TIMEOUT_ERRORS, MalformedResponseError)
 
 log = structlog.get_logger("crewline.calls")
 T = TypeVar("T")
+# (response, the step's settled cost) -> step row fields to commit with the ledger row
+Settle = Callable[[LLMResponse, Decimal], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,22 @@ class MeteredCaller:
         user: str,
         budget_left: Decimal | None,
         step: dict[str, Any],
+        settle: Settle | None = None,
     ) -> CallOutcome:
-        """`step`: fields for the step row, written together with the reservation."""
+        """`step`: fields for the step row, written together with the reservation.
+
+        `settle(response, step_cost_usd)`: fields for the step row written in the same
+        transaction as the call's ledger row (e.g. COMPLETED and its output), or None.
+        """
         info = activity.info()
         model = self._settings.model_for(agent)
         prompt_estimate = estimate_tokens(system, user)
-        spent = await self._db(cost_of_activity, info.workflow_id or run_id, info.activity_id)
+        # A first attempt has no earlier attempts to have spent anything.
+        spent = (
+            Decimal(0)
+            if info.attempt == 1
+            else await self._db(cost_of_activity, info.workflow_id or run_id, info.activity_id)
+        )
         left = None if budget_left is None else budget_left - spent
         try:
             plan = plan_call(
@@ -122,7 +135,9 @@ class MeteredCaller:
         except Exception as exc:
             await self._failed(exc, breaker, run_id, agent, model, prompt_estimate)
         await self._moved(breaker, breaker.on_success())
-        cost = await self._ledger(run_id, agent, response, estimated_prompt=prompt_estimate)
+        cost = await self._ledger(
+            run_id, agent, response, estimated_prompt=prompt_estimate, spent=spent, settle=settle
+        )
         return CallOutcome(response, spent + cost, plan.shrunk)
 
     async def _admit(
@@ -182,9 +197,16 @@ class MeteredCaller:
         raise error from None
 
     async def _ledger(
-        self, run_id: str, agent: str, response: LLMResponse, *, estimated_prompt: int
+        self,
+        run_id: str,
+        agent: str,
+        response: LLMResponse,
+        *,
+        estimated_prompt: int,
+        spent: Decimal = Decimal(0),
+        settle: Settle | None = None,
     ) -> Decimal:
-        """Write this attempt's row (once); returns its cost."""
+        """Write this attempt's row (once), with `settle`'s step fields; returns its cost."""
         info = activity.info()
         reported = response.prompt_tokens is not None and response.completion_tokens is not None
         prompt = response.prompt_tokens if reported else estimated_prompt
@@ -216,7 +238,11 @@ class MeteredCaller:
             price_source=priced.source,
             usage_source="reported" if reported and not response.usage_estimated else "estimated",
         )
-        await self._db(record_call, entry)
+        then = None
+        if settle is not None:
+            fields = settle(response, spent + entry.cost_usd)
+            then = functools.partial(store.upsert_step_in, run_id=run_id, agent=agent, **fields)
+        await self._db(record_call, entry, then=then)
         return entry.cost_usd
 
     async def _moved(self, breaker: CircuitBreaker, moved: bool) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from activities.breaker import BreakerSnapshot
 from crewline.db import Artifact, BreakerRow, Run, Step, session_scope, utcnow
@@ -21,17 +21,22 @@ def upsert_step(engine: Engine, run_id: str, agent: str, **fields: Any) -> None:
     for _ in range(2):  # a concurrent insert of the same key loses the race once, then updates
         try:
             with session_scope(engine) as session:
-                stmt = select(Step).where(Step.run_id == run_id, Step.agent == agent)
-                step = session.exec(stmt).first()
-                if step is None:
-                    step = Step(run_id=run_id, agent=agent)
-                for key, value in fields.items():
-                    setattr(step, key, value)
-                session.add(step)
+                upsert_step_in(session, run_id, agent, **fields)
             return
         except IntegrityError:
             continue
     raise RuntimeError(f"could not upsert step {run_id}/{agent}")
+
+
+def upsert_step_in(session: Session, run_id: str, agent: str, **fields: Any) -> None:
+    """The step upsert inside a caller's transaction (e.g. together with its ledger row)."""
+    stmt = select(Step).where(Step.run_id == run_id, Step.agent == agent)
+    step = session.exec(stmt).first()
+    if step is None:
+        step = Step(run_id=run_id, agent=agent)
+    for key, value in fields.items():
+        setattr(step, key, value)
+    session.add(step)
 
 
 def update_run(engine: Engine, run_id: str, **fields: Any) -> None:

@@ -7,6 +7,7 @@ charge a call twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -20,14 +21,24 @@ from crewline.db import LedgerEntry, from_pico, session_scope
 GroupBy = Literal["agent", "model", "day", "run", "version"]
 
 
-def record_call(engine: Engine, entry: LedgerEntry) -> bool:
-    """Insert the row; False if this attempt was already recorded (a retried write)."""
-    try:
-        with session_scope(engine) as session:
-            session.add(entry)
-        return True
-    except IntegrityError:
-        return False
+def record_call(
+    engine: Engine, entry: LedgerEntry, *, then: Callable[[Session], None] | None = None
+) -> bool:
+    """Insert the row; False if this attempt was already recorded (a retried write).
+
+    `then` runs in the same transaction (e.g. the step row's settled cost and status), so the
+    ledger and what it is attributed to commit together or not at all — and in one write.
+    """
+    with session_scope(engine) as session:
+        try:
+            with session.begin_nested():
+                session.add(entry)
+            recorded = True
+        except IntegrityError:
+            recorded = False
+        if then is not None:
+            then(session)
+    return recorded
 
 
 def cost_of_activity(engine: Engine, workflow_id: str, activity_id: str) -> Decimal:
