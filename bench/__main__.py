@@ -1,8 +1,9 @@
 """`python -m bench` (or `make bench`): crewline's orchestration cost, side by side with its floors.
 
 Prints a table and writes JSON (bench/results/latest.json unless --out). Every crewline figure is
-reported next to plain asyncio (no durability) and one-SQLite-row-per-step (durability without an
-orchestrator), as a ratio. Each measurement is repeated --repeat times; medians are reported.
+reported next to plain asyncio (no durability), one-SQLite-row-per-step (durability without an
+orchestrator) and five no-op activities on the same Temporal server (Temporal's own floor), as
+ratios. Each measurement is repeated --repeat times; medians are reported.
 Benchmarks are not tests: nothing here asserts a timing.
 """
 
@@ -30,6 +31,7 @@ from bench.harness import (
     throughput,
 )
 from bench.history import breakdown
+from bench.temporal_floor import noop_worker, run_noop
 
 SIZES = {
     # name: (sequential runs at d=0, at d=0.5, {in flight: total runs}, burst size,
@@ -50,6 +52,18 @@ async def measure_floor(runner_for: Any, size: tuple[Any, ...]) -> dict[str, Any
         "overhead_ms_d500": percentiles(await sequential_overheads(runner_for(0.5), seq5, 0.5)),
         "throughput": {c: await throughput(runner_for(0.0), c, n) for c, n in tp.items()},
     }
+
+
+async def measure_temporal_floor(workdir: Path, size: tuple[Any, ...]) -> dict[str, Any]:
+    async with embedded_stack(workdir) as stack:
+        queue = f"{stack.settings.task_queue}-floor"
+        async with noop_worker(stack.client, queue):
+            await run_noop(stack.client, queue, 0.0)  # warm-up
+
+            def runner_for(d: float) -> Runner:
+                return lambda: run_noop(stack.client, queue, d)
+
+            return await measure_floor(runner_for, size)
 
 
 async def measure_crewline(workdir: Path, size: tuple[Any, ...], tuned: bool) -> dict[str, Any]:
@@ -99,7 +113,7 @@ def _median_of(reps: list[dict[str, Any]], *path: Any) -> float:
 
 def report(results: dict[str, Any]) -> str:
     rows = []
-    systems = ("asyncio", "sqlite", "crewline_untuned", "crewline")
+    systems = ("asyncio", "sqlite", "temporal", "crewline_untuned", "crewline")
 
     def line(label: str, *path: Any, fmt: str = "{:9.2f}") -> None:
         vals = {s: _median_of(results[s], *path) for s in systems if results.get(s)}
@@ -110,6 +124,8 @@ def report(results: dict[str, Any]) -> str:
             ratio = f"  crewline/asyncio {vals['crewline'] / base:6.1f}x"
             if vals.get("sqlite"):
                 ratio += f"  crewline/sqlite {vals['crewline'] / vals['sqlite']:6.1f}x"
+            if vals.get("temporal"):
+                ratio += f"  crewline/temporal {vals['crewline'] / vals['temporal']:5.2f}x"
         rows.append(f"{label:<34}" + " ".join(cells) + ratio)
 
     rows.append(f"{'':<34}" + " ".join(f"{s[:9]:>9}" for s in systems))
@@ -155,6 +171,9 @@ async def main(size_name: str, repeat: int, out: Path, compare_untuned: bool) ->
         results["asyncio"] = [await measure_floor(plain, size) for _ in range(repeat)]
         results["sqlite"] = [await measure_floor(durable, size) for _ in range(repeat)]
         sqlite.close()
+        results["temporal"] = [
+            await measure_temporal_floor(workdir / f"f{i}", size) for i in range(repeat)
+        ]
         results["crewline"] = []
         results["crewline_untuned"] = []
         for i in range(repeat):

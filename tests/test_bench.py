@@ -29,4 +29,5 @@ def test_bench_quick_writes_results(tmp_path: Path) -> None:
     }
     assert crew["burst"]["runs"] == 20 and crew["throughput"]["20"] > 0
     assert data["asyncio"] and data["sqlite"]
+    assert data["temporal"][0]["throughput"]["20"] > 0 and "crewline/temporal" in result.stdout
     assert any("workflow task" in k for k in crew["history_breakdown"])
