@@ -28,11 +28,13 @@ def heartbeating(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         async def beat() -> None:
-            # Not at once: the heartbeat timeout counts from the attempt's start, and most steps
-            # of a fast run end before the first beat is due (one fewer call per step).
+            # At once, then every interval: under load an activity can start running in the
+            # worker well after the server marked it started (eager dispatch), and the first beat
+            # is what moves the heartbeat deadline past that wait. (Delaying it saved 0.4 ms a
+            # step; the benchmark then saw one activity of 15,000 time out and run twice.)
             while True:
-                await asyncio.sleep(HEARTBEAT_EVERY_S)
                 activity.heartbeat()
+                await asyncio.sleep(HEARTBEAT_EVERY_S)
 
         beater = asyncio.create_task(beat())
         try:

@@ -72,10 +72,14 @@ def port_open(host: str, port: int) -> bool:
 
 
 # Shipped tuning of the embedded server (measured with bench/, see README "Performance"):
-# one task-queue partition (a lone worker never polls an empty partition while its task waits in
-# another), eager activity dispatch (the next activity rides on the workflow task's reply), and
-# SQLite in WAL mode with synchronous=NORMAL (durable across process crashes; an OS crash may
-# lose the last transactions).
+# - the history service's queue readers unthrottled: by default each reads its task queue at most
+#   20 times a second per shard, and the dev server has one shard, so once the limiter's burst
+#   was spent every workflow task waited ~40 ms to be dispatched (no-op five-activity workflow:
+#   300 ms -> 55 ms);
+# - one task-queue partition (a lone worker never polls an empty partition while its task waits
+#   in another); eager activity dispatch (the next activity rides on the workflow task's reply);
+# - SQLite in WAL mode with synchronous=NORMAL (durable across process crashes; an OS crash may
+#   lose the last transactions).
 _UNTHROTTLED = "100000"
 EMBEDDED_DYNAMIC_CONFIG: dict[str, str] = {
     **{
