@@ -310,18 +310,23 @@ class AgentPipelineWorkflow:
         )
 
     async def _record(self, update: RunUpdate) -> None:
-        # A local activity runs in the worker that holds the workflow task: no round trip through
-        # the server, no extra workflow task (README "Performance"). Runs started before
-        # RECORD_RUN_LOCALLY replay their regular activity.
-        execute = (
-            workflow.execute_local_activity_method
-            if workflow.patched(RECORD_RUN_LOCALLY)
-            else workflow.execute_activity_method
-        )
-        await execute(
+        summary = f"record run status {update.status}"
+        if workflow.patched(RECORD_RUN_LOCALLY):
+            # A local activity runs in the worker that holds the workflow task: no round trip
+            # through the server, no extra workflow task (see README "Performance").
+            await workflow.execute_local_activity_method(
+                AgentActivities.record_run,
+                update,
+                start_to_close_timeout=BOOKKEEPING_START_TO_CLOSE,
+                retry_policy=BOOKKEEPING_RETRY,
+                summary=summary,
+            )
+            return
+        # Runs started before RECORD_RUN_LOCALLY replay this branch.
+        await workflow.execute_activity_method(
             AgentActivities.record_run,
             update,
             start_to_close_timeout=BOOKKEEPING_START_TO_CLOSE,
             retry_policy=BOOKKEEPING_RETRY,
-            summary=f"record run status {update.status}",
+            summary=summary,
         )
