@@ -136,8 +136,9 @@ class MeteredCaller:
             await self._failed(exc, breaker, run_id, agent, model, prompt_estimate)
         await self._moved(breaker, breaker.on_success())
         cost = await self._ledger(
-            run_id, agent, response, estimated_prompt=prompt_estimate, spent=spent, settle=settle
-        )
+            run_id, agent, response, estimated_prompt=prompt_estimate,
+            step_fields=None if settle is None else lambda cost: settle(response, spent + cost),
+        )  # fmt: skip
         return CallOutcome(response, spent + cost, plan.shrunk)
 
     async def _admit(
@@ -203,10 +204,10 @@ class MeteredCaller:
         response: LLMResponse,
         *,
         estimated_prompt: int,
-        spent: Decimal = Decimal(0),
-        settle: Settle | None = None,
+        step_fields: Callable[[Decimal], dict[str, Any]] | None = None,
     ) -> Decimal:
-        """Write this attempt's row (once), with `settle`'s step fields; returns its cost."""
+        """Write this attempt's row (once) — with the step row's `step_fields(this attempt's
+        cost)` in the same transaction; returns its cost."""
         info = activity.info()
         reported = response.prompt_tokens is not None and response.completion_tokens is not None
         prompt = response.prompt_tokens if reported else estimated_prompt
@@ -239,8 +240,8 @@ class MeteredCaller:
             usage_source="reported" if reported and not response.usage_estimated else "estimated",
         )
         then = None
-        if settle is not None:
-            fields = settle(response, spent + entry.cost_usd)
+        if step_fields is not None:
+            fields = step_fields(entry.cost_usd)
             then = functools.partial(store.upsert_step_in, run_id=run_id, agent=agent, **fields)
         await self._db(record_call, entry, then=then)
         return entry.cost_usd
