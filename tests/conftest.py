@@ -23,7 +23,7 @@ from temporalio.worker import Worker
 from api.app import create_app
 from crewline.db import make_engine
 from crewline.settings import Settings
-from crewline.temporal import dev_server_path, test_server_path
+from crewline.temporal import dev_server_path, test_server_path, tuning_args
 from tests.fakes import FakeGroq
 from workers.main import build_worker
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, PipelineResult, StepRetry
@@ -51,6 +51,8 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=dev_server_path(),
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
+        # The shipped tuning of the embedded server, so tests see the timings users get.
+        dev_server_extra_args=tuning_args(),
     )
     yield env
     await env.shutdown()
