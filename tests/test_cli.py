@@ -15,8 +15,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api.app import create_app
+from cli.stack import _ApiServer
 from crewline.settings import Settings
-from crewline.stack import _ApiServer
 from tests.conftest import free_port
 from tests.fakes import FakeGroq
 

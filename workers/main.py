@@ -116,8 +116,8 @@ def _signal_event() -> asyncio.Event:
 
 
 def main() -> None:
-    from crewline.cli import exit_hard
     from crewline.logging import configure_logging
+    from crewline.process import exit_hard
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)

@@ -1,67 +1,20 @@
-"""The `crewline` command: `up`, `worker`, `api`, and `run`/`status`/`runs`/`cancel` via the API.
-
-Short-lived commands end with `exit_hard`: the Temporal SDK's native core can abort a Python
-process at interpreter exit after all work is done (temporalio/sdk-python#300); once output is
-flushed, `os._exit` means a user never sees a crash after a success.
+"""Client commands about runs and spend: `run`, `status`, `runs`, `cancel`, `budget`, `costs`,
+`health`. They talk to the API only (`cli/http.py`), so they work against any crewline deployment.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import time
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import httpx
 import typer
 
-from costs.pricing import UnknownPriceError
-from crewline.settings import ConfigurationError, Settings
+from cli.http import api_client, exit_hard, fail, request
+from crewline.settings import Settings
 from crewline.statuses import TERMINAL_STATUSES
-
-app = typer.Typer(
-    help="crewline: durable multi-agent AI workflows on Temporal.", no_args_is_help=True
-)
-
-
-def exit_hard(code: int) -> NoReturn:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    exit_hard(code)
-
-
-def _api(settings: Settings) -> httpx.Client:
-    return httpx.Client(base_url=settings.resolved_api_url, timeout=10)
-
-
-def _request(settings: Settings, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        with _api(settings) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.ConnectError:
-        _fail(
-            f"cannot reach the crewline API at {settings.resolved_api_url}; start the stack with "
-            "`make up` (or `crewline up`), or set CREWLINE_API_URL"
-        )
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        if isinstance(detail, list):  # FastAPI validation errors
-            detail = "; ".join(
-                f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in detail
-            )
-        _fail(f"{detail} (HTTP {response.status_code})")
-    return response.json()
 
 
 def _elapsed(step: dict[str, Any]) -> str:
@@ -105,7 +58,7 @@ def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
     status = ""
     started = time.monotonic()
     while True:
-        run = _request(settings, "GET", f"/runs/{run_id}")
+        run = request(settings, "GET", f"/runs/{run_id}")
         for step in run["steps"]:
             key = (step["status"], step["attempt"])
             if seen.get(step["agent"]) != key:
@@ -140,7 +93,6 @@ def _print_outcome(settings: Settings, run: dict[str, Any]) -> int:
     return 1
 
 
-@app.command()
 def run(
     query: Annotated[str, typer.Argument(help="What the agents should build or answer")],
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the run id and exit")] = False,
@@ -151,7 +103,7 @@ def run(
     body: dict[str, Any] = {"query": query}
     if budget is not None:
         body["budget_usd"] = budget
-    accepted = _request(settings, "POST", "/runs", json=body)
+    accepted = request(settings, "POST", "/runs", json=body)
     run_id = accepted["run_id"]
     if no_wait:
         typer.echo(run_id)
@@ -165,11 +117,10 @@ def run(
     exit_hard(_print_outcome(settings, final))
 
 
-@app.command()
 def status(run_id: str) -> None:
     """Show one run: status, steps, answer, artifacts."""
     settings = Settings()
-    found = _request(settings, "GET", f"/runs/{run_id}")
+    found = request(settings, "GET", f"/runs/{run_id}")
     typer.echo(f"{found['run_id']}  {found['status']}  {found['query']!r}")
     for step in found["steps"]:
         typer.echo(_step_line(step))
@@ -178,7 +129,6 @@ def status(run_id: str) -> None:
     exit_hard(0)
 
 
-@app.command("runs")
 def list_runs(
     status_filter: Annotated[str | None, typer.Option("--status")] = None,
     limit: Annotated[int, typer.Option("--limit")] = 20,
@@ -188,7 +138,7 @@ def list_runs(
     params: dict[str, Any] = {"limit": limit}
     if status_filter:
         params["status"] = status_filter.upper()
-    page = _request(settings, "GET", "/runs", params=params)
+    page = request(settings, "GET", "/runs", params=params)
     for item in page["items"]:
         created = item["created_at"][:19].replace("T", " ")
         typer.echo(f"{item['run_id']}  {item['status']:<10} {created}  {item['query'][:60]!r}")
@@ -196,25 +146,22 @@ def list_runs(
     exit_hard(0)
 
 
-@app.command()
 def cancel(run_id: str) -> None:
     """Cancel a run; finished steps and their outputs are kept."""
     settings = Settings()
-    _request(settings, "POST", f"/runs/{run_id}/cancel")
+    request(settings, "POST", f"/runs/{run_id}/cancel")
     typer.echo(f"cancel requested for {run_id}")
     exit_hard(0)
 
 
-@app.command()
 def budget(run_id: str, usd: Annotated[str, typer.Argument(help="New budget in USD")]) -> None:
     """Raise a run's budget; a run paused for budget resumes."""
     settings = Settings()
-    state = _request(settings, "POST", f"/runs/{run_id}/budget", json={"budget_usd": usd})
+    state = request(settings, "POST", f"/runs/{run_id}/budget", json={"budget_usd": usd})
     typer.echo(f"{run_id}: budget ${state['budget_usd']}, spent so far ${state['spent_usd']}")
     exit_hard(0)
 
 
-@app.command()
 def costs(
     by: Annotated[str, typer.Option("--by", help="agent | model | day | run | version")] = "agent",
     since: Annotated[str | None, typer.Option(help="ISO date/time, inclusive")] = None,
@@ -228,7 +175,7 @@ def costs(
         params["since"] = since
     if until:
         params["until"] = until
-    report = _request(settings, "GET", "/costs", params=params)
+    report = request(settings, "GET", "/costs", params=params)
     typer.echo(f"{by:<28} {'calls':>6} {'prompt tok':>11} {'compl tok':>10} {'USD':>14}")
     for item in report["items"]:
         typer.echo(
@@ -239,15 +186,14 @@ def costs(
     exit_hard(0)
 
 
-@app.command()
 def health() -> None:
     """API, database, Temporal and LLM checks, and the workers' circuit breakers."""
     settings = Settings()
-    with _api(settings) as client:
+    with api_client(settings) as client:
         try:
             report = client.get("/health").json()
         except httpx.ConnectError:
-            _fail(f"cannot reach the crewline API at {settings.resolved_api_url}")
+            fail(f"cannot reach the crewline API at {settings.resolved_api_url}")
     for part in ("api", "database", "temporal", "llm"):
         info = report[part]
         detail = info.get("error") or info.get("provider") or info.get("address") or ""
@@ -259,55 +205,3 @@ def health() -> None:
             f"worker {b['worker']})"
         )
     exit_hard(0 if report["status"] == "ok" else 1)
-
-
-def _configure() -> Settings:
-    from crewline.logging import configure_logging
-
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
-    return settings
-
-
-@app.command()
-def up() -> None:
-    """Start the embedded stack: Temporal dev server (persisted), a worker and the API."""
-    from crewline.stack import run_stack
-
-    settings = _configure()
-    try:
-        asyncio.run(run_stack(settings))
-    except (ConfigurationError, UnknownPriceError, RuntimeError, TimeoutError) as exc:
-        _fail(str(exc))
-    exit_hard(0)
-
-
-@app.command()
-def worker() -> None:
-    """Run a worker against TEMPORAL_ADDRESS (for a cluster or a separately started server)."""
-    from workers.main import run_worker
-
-    settings = _configure()
-    try:
-        asyncio.run(run_worker(settings))
-    except (ConfigurationError, UnknownPriceError) as exc:
-        _fail(str(exc))
-    except RuntimeError as exc:
-        _fail(f"{exc} (TEMPORAL_ADDRESS={settings.temporal_address})")
-    exit_hard(0)
-
-
-@app.command()
-def api() -> None:
-    """Run the HTTP API against TEMPORAL_ADDRESS."""
-    import uvicorn
-
-    from api.app import create_app
-
-    settings = _configure()
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port)
-    exit_hard(0)
-
-
-def main() -> None:
-    app()

@@ -1,0 +1,47 @@
+"""How client commands talk to the API: one request helper that turns every failure into a
+message a user can act on, and exits without the Temporal core's exit-time abort."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import httpx
+import typer
+
+from crewline.process import exit_hard
+from crewline.settings import Settings
+
+__all__ = ["api_client", "exit_hard", "fail", "request"]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    exit_hard(code)
+
+
+def api_client(settings: Settings, timeout: float = 10) -> httpx.Client:
+    return httpx.Client(base_url=settings.resolved_api_url, timeout=timeout)
+
+
+def request(settings: Settings, method: str, path: str, **kwargs: Any) -> Any:
+    """The decoded JSON answer, or exit 2 with the API's own message."""
+    timeout = kwargs.pop("timeout", 10)
+    try:
+        with api_client(settings, timeout) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.ConnectError:
+        fail(
+            f"cannot reach the crewline API at {settings.resolved_api_url}; start the stack with "
+            "`make up` (or `crewline up`), or set CREWLINE_API_URL"
+        )
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        if isinstance(detail, list):  # FastAPI validation errors
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in detail
+            )
+        fail(f"{detail} (HTTP {response.status_code})")
+    return response.json()

@@ -1,0 +1,54 @@
+"""Commands that run crewline's processes: `up` (the embedded stack), `worker`, `api`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from cli.http import exit_hard, fail
+from costs.pricing import UnknownPriceError
+from crewline.settings import ConfigurationError, Settings
+
+
+def configure() -> Settings:
+    from crewline.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+def up() -> None:
+    """Start the embedded stack: Temporal dev server (persisted), a worker and the API."""
+    from cli.stack import run_stack
+
+    settings = configure()
+    try:
+        asyncio.run(run_stack(settings))
+    except (ConfigurationError, UnknownPriceError, RuntimeError, TimeoutError) as exc:
+        fail(str(exc))
+    exit_hard(0)
+
+
+def worker() -> None:
+    """Run a worker against TEMPORAL_ADDRESS (for a cluster or a separately started server)."""
+    from workers.main import run_worker
+
+    settings = configure()
+    try:
+        asyncio.run(run_worker(settings))
+    except (ConfigurationError, UnknownPriceError) as exc:
+        fail(str(exc))
+    except RuntimeError as exc:
+        fail(f"{exc} (TEMPORAL_ADDRESS={settings.temporal_address})")
+    exit_hard(0)
+
+
+def api() -> None:
+    """Run the HTTP API against TEMPORAL_ADDRESS."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = configure()
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port)
+    exit_hard(0)
