@@ -9,6 +9,7 @@ vLLM, LM Studio, llama.cpp) and `scripted` (canned offline answers, always label
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -154,7 +155,11 @@ class ScriptedProvider:
 
         if self._delay:
             await asyncio.sleep(self._delay)
-        text = f"{SCRIPTED_LABEL}\n{scripted_answer(request.agent, request.user)}"
+        # The label names the system prompt it was given (first hex of its SHA-256), so a prompt
+        # change shows in the answer: a demo of versions can see which prompt a worker serves.
+        fingerprint = hashlib.sha256(request.system.encode()).hexdigest()[:6]
+        label = SCRIPTED_LABEL.removesuffix("]") + f" · prompt {fingerprint}]"
+        text = f"{label}\n{scripted_answer(request.agent, request.user)}"
         return LLMResponse(
             text=text,
             model=request.model,

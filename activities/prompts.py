@@ -2,16 +2,17 @@
 
 A file holds the system prompt, a `---user---` line, then the user template (`$name` placeholders,
 `string.Template` syntax). Keeping them as files lets a version bundle snapshot them with the code.
+They are read as package resources, not by path, so a worker running from a snapshot zip reads the
+prompts inside that zip (`versioning/`), never the working tree's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 from string import Template
 
-PROMPTS_DIR = Path(__file__).parent / "prompts"
 SEPARATOR = "---user---"
 
 
@@ -23,7 +24,7 @@ class Prompt:
 
 @cache
 def _load(agent: str) -> tuple[str, Template]:
-    text = (PROMPTS_DIR / f"{agent}.md").read_text(encoding="utf-8")
+    text = (files("activities") / "prompts" / f"{agent}.md").read_text(encoding="utf-8")
     system, sep, user = text.partition(SEPARATOR)
     if not sep:
         raise ValueError(f"prompt file for {agent} lacks a '{SEPARATOR}' line")
