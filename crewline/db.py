@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Column, Engine, Numeric, UniqueConstraint, event
+from sqlalchemy import BigInteger, Column, Engine, Numeric, UniqueConstraint, event, inspect, text
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 
@@ -31,6 +31,8 @@ class Run(SQLModel, table=True):
     final_answer: str | None = None
     error: str | None = None
     failed_agent: str | None = Field(default=None, max_length=32)
+    # The snapshot id of the version that ran it (None: an unversioned worker, or not started).
+    version: str | None = Field(default=None, index=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -47,6 +49,7 @@ class Step(SQLModel, table=True):
     notes: str | None = None
     model: str | None = Field(default=None, max_length=128)
     provider: str | None = Field(default=None, max_length=32)
+    version: str | None = Field(default=None, max_length=64)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     attempt: int = 1
@@ -142,7 +145,7 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """Create the engine and the tables (idempotent)."""
+    """Create the engine, the tables and any columns added since the database was made."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
@@ -150,7 +153,36 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     SQLModel.metadata.create_all(engine)
+    add_missing_columns(engine)
     return engine
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Additive schema migration: a nullable column a newer crewline added to an existing table
+    is added in place, so a data directory made by an older version keeps its runs and ledger.
+    Anything else (a new NOT NULL column, a type change) refuses to start, saying so."""
+    inspector = inspect(engine)
+    added: list[str] = []
+    for table in SQLModel.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(
+                    f"the database at {engine.url!r} lacks {table.name}.{column.name}, which "
+                    "cannot be added automatically; migrate it or start from a new database"
+                )
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+            added.append(f"{table.name}.{column.name}")
+        if added:
+            for index in table.indexes:  # create_all skips indexes of tables that existed
+                index.create(engine, checkfirst=True)
+    return added
 
 
 @contextmanager

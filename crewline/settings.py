@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     )
     llm_timeout_s: float = Field(default=120.0, alias="LLM_TIMEOUT_S", gt=0)
     llm_max_tokens: int = Field(default=2048, alias="LLM_MAX_TOKENS", gt=0)
+    llm_temperature: float = Field(default=0.2, alias="LLM_TEMPERATURE", ge=0, le=2)
     # Full-jitter exponential backoff between attempts of a transient failure.
     retry_base_s: float = Field(default=1.0, alias="LLM_RETRY_BASE_S", ge=0)
     retry_cap_s: float = Field(default=30.0, alias="LLM_RETRY_CAP_S", ge=0)
@@ -81,6 +82,12 @@ class Settings(BaseSettings):
     temporal_address: str = Field(default="127.0.0.1:7233", alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
     task_queue: str = Field(default="crewline-pipeline", alias="CREWLINE_TASK_QUEUE")
+    # Temporal Worker Deployment the versioned workers register in (versions are its build ids).
+    deployment_name: str = Field(
+        default="crewline", alias="CREWLINE_DEPLOYMENT", pattern=r"^[A-Za-z0-9_-]{1,100}$"
+    )
+    # How often workers tell Temporal they are alive; activation checks a version has one.
+    worker_heartbeat_s: float = Field(default=5.0, alias="WORKER_HEARTBEAT_S", ge=1, le=60)
     temporal_port: int = Field(default=7233, alias="TEMPORAL_PORT")
     temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
     api_host: str = Field(default="127.0.0.1", alias="API_HOST")
@@ -121,6 +128,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
 
     @property
     def resolved_api_url(self) -> str:
