@@ -92,11 +92,15 @@ class AgentActivities:
         tools: ToolRegistry,
         pricer: Pricer,
         breakers: BreakerRegistry | None = None,
+        version: str | None = None,
     ) -> None:
+        """`version`: the snapshot id this worker serves (None: unversioned working tree); every
+        run, step and ledger row it writes names it."""
         self._settings = settings
         self._llm = llm
         self._engine = engine
         self._tools = tools
+        self._version = version
         self._caller = MeteredCaller(
             settings,
             llm,
@@ -104,6 +108,7 @@ class AgentActivities:
             pricer,
             breakers or BreakerRegistry(settings.breaker_threshold, settings.breaker_open_s),
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
+            version=version,
         )
 
     # ---- helpers --------------------------------------------------------------------------------
@@ -120,7 +125,7 @@ class AgentActivities:
         step = dict(
             position=AGENTS.index(inp.agent), status="RUNNING", attempt=activity.info().attempt,
             model=self._settings.model_for(inp.agent), provider=self._llm.name, error=None,
-            started_at=utcnow(), finished_at=None,
+            version=self._version, started_at=utcnow(), finished_at=None,
         )  # fmt: skip
 
         def completed(response: LLMResponse, cost: Decimal) -> dict[str, Any]:
@@ -251,7 +256,9 @@ class AgentActivities:
     # ---- run bookkeeping -------------------------------------------------------------------------
     @activity.defn(name="record_run")
     async def record_run(self, update: RunUpdate) -> None:
-        fields: dict[str, object] = {"status": update.status, "provider": self._llm.name}
+        fields: dict[str, object] = {
+            "status": update.status, "provider": self._llm.name, "version": self._version,
+        }  # fmt: skip
         for name in ("query", "final_answer", "error", "failed_agent", "budget_usd"):
             value = getattr(update, name)
             if value is not None:

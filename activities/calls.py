@@ -58,9 +58,11 @@ class MeteredCaller:
         pricer: Pricer,
         breakers: BreakerRegistry,
         worker_id: str,
+        version: str | None = None,
     ) -> None:
         self._settings, self._llm, self._engine = settings, llm, engine
         self._pricer, self._breakers, self._worker_id = pricer, breakers, worker_id
+        self._version = version
         # Backoff jitter; seedable (RETRY_JITTER_SEED) so a test can predict the delays.
         self._rng = random.Random(settings.retry_jitter_seed)
 
@@ -124,7 +126,7 @@ class MeteredCaller:
         await self._db(store.upsert_step, run_id, agent, reserved_usd=plan.reserved_usd, **step)
         request = LLMRequest(
             agent=agent, model=model, system=system, user=user,
-            max_tokens=plan.max_tokens, tag=run_id,
+            max_tokens=plan.max_tokens, temperature=self._settings.llm_temperature, tag=run_id,
         )  # fmt: skip
         try:
             response = await self._llm.complete(request)
@@ -230,6 +232,7 @@ class MeteredCaller:
             agent=agent,
             provider=self._llm.name,
             model=response.model,
+            version=self._version,
             prompt_tokens=prompt or 0,
             completion_tokens=completion or 0,
             cached_tokens=response.cached_tokens,

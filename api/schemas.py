@@ -66,6 +66,7 @@ class StepOut(BaseModel):
     notes: str | None
     model: str | None
     provider: str | None
+    version: str | None = None
     prompt_tokens: int | None
     completion_tokens: int | None
     attempt: int
@@ -91,6 +92,9 @@ class RunOut(BaseModel):
     final_answer: str | None
     error: str | None
     failed_agent: str | None
+    version: str | None = Field(
+        default=None, description="snapshot id of the version that ran it (null: unversioned)"
+    )
     created_at: datetime
     updated_at: datetime
     steps: list[StepOut] = []

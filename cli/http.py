@@ -23,9 +23,11 @@ def api_client(settings: Settings, timeout: float = 10) -> httpx.Client:
     return httpx.Client(base_url=settings.resolved_api_url, timeout=timeout)
 
 
-def request(settings: Settings, method: str, path: str, **kwargs: Any) -> Any:
-    """The decoded JSON answer, or exit 2 with the API's own message."""
-    timeout = kwargs.pop("timeout", 10)
+def request(
+    settings: Settings, method: str, path: str, *, expect_json: bool = True, **kwargs: Any
+) -> Any:
+    """The decoded JSON answer (None for a body-less answer), or exit 2 with the API's message."""
+    timeout = kwargs.pop("timeout", 30)
     try:
         with api_client(settings, timeout) as client:
             response = client.request(method, path, **kwargs)
@@ -44,4 +46,4 @@ def request(settings: Settings, method: str, path: str, **kwargs: Any) -> Any:
                 f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in detail
             )
         fail(f"{detail} (HTTP {response.status_code})")
-    return response.json()
+    return response.json() if expect_json else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import runs, services
+from cli import runs, services, versions
 
 app = typer.Typer(
     help="crewline: durable multi-agent AI workflows on Temporal.", no_args_is_help=True
@@ -19,6 +19,7 @@ app.command()(runs.health)
 app.command()(services.up)
 app.command()(services.worker)
 app.command()(services.api)
+app.add_typer(versions.app, name="version")
 
 
 def main() -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
+
+import typer
 
 from cli.http import exit_hard, fail
 from costs.pricing import UnknownPriceError
 from crewline.settings import ConfigurationError, Settings
+from versioning.bundle import BundleError
 
 
 def configure() -> Settings:
@@ -29,14 +33,35 @@ def up() -> None:
     exit_hard(0)
 
 
-def worker() -> None:
+def worker(
+    version: Annotated[
+        str | None,
+        typer.Option(
+            "--version",
+            help="Serve this snapshot (see `crewline version list`). Default: snapshot the "
+            "working tree and serve that (it becomes current if no version is).",
+        ),
+    ] = None,
+    unversioned: Annotated[
+        bool,
+        typer.Option(
+            "--unversioned",
+            help="Serve the working tree without worker versioning (no version ever activated)",
+        ),
+    ] = False,
+) -> None:
     """Run a worker against TEMPORAL_ADDRESS (for a cluster or a separately started server)."""
-    from workers.main import run_worker
-
     settings = configure()
     try:
-        asyncio.run(run_worker(settings))
-    except (ConfigurationError, UnknownPriceError) as exc:
+        if unversioned:
+            from workers.main import run_worker
+
+            asyncio.run(run_worker(settings))
+        else:
+            from workers.serve import serve
+
+            asyncio.run(serve(settings, version))
+    except (ConfigurationError, UnknownPriceError, BundleError) as exc:
         fail(str(exc))
     except RuntimeError as exc:
         fail(f"{exc} (TEMPORAL_ADDRESS={settings.temporal_address})")

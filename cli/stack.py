@@ -1,8 +1,15 @@
-"""`crewline up`: the embedded stack in one command — Temporal dev server, one worker, the API.
+"""`crewline up`: the embedded stack in one command — Temporal dev server, a worker process per
+version in play, and the API.
+
+Workers are child processes because a process can hold only one version of the agent code (each
+serves its snapshot zip, `workers/serve.py`): the active version, and the version a rollback would
+return to, so one-call rollback is instant. On a fresh data directory the working tree is
+snapshotted and activated, so a newcomer never has to know about versions.
 
 The dev server persists to `<data dir>/temporal.db`, so stopping the stack loses nothing and the
-next `up` resumes unfinished runs. Ctrl-C (or SIGTERM) shuts down in order: the API stops taking
-requests, the worker lets in-flight calls finish, the server stops. A second Ctrl-C stops at once.
+next `up` resumes unfinished runs on the versions that started them. Ctrl-C (or SIGTERM) shuts
+down in order: the API stops taking requests, the workers let in-flight calls finish, the server
+stops. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -11,17 +18,26 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import structlog
 import uvicorn
+from sqlalchemy import Engine
+from temporalio.client import Client
 
 from api.app import create_app
+from crewline.db import make_engine
 from crewline.settings import Settings
-from crewline.temporal import DevServer, connect, port_open
-from workers.main import build_worker
+from crewline.temporal import DevServer, connect, die_with_parent, port_open
+from versioning import activation, deployment, registry
+from versioning.bundle import BundleError, collect, default_source
+from workers.main import GRACEFUL_SHUTDOWN
 
 log = structlog.get_logger("crewline.stack")
+
+READY_TIMEOUT_S = 90.0
 
 
 class _ApiServer(uvicorn.Server):
@@ -32,12 +48,58 @@ class _ApiServer(uvicorn.Server):
         yield
 
 
-def _stop_event(server: DevServer) -> asyncio.Event:
+class WorkerChildren:
+    """`crewline worker` processes of this stack. Each has its own session, so the terminal's
+    Ctrl-C reaches the stack only and the stack stops them once, gracefully; they die with it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._env = {
+            **os.environ,
+            "TEMPORAL_ADDRESS": settings.temporal_address,
+            "CREWLINE_DATA_DIR": str(settings.data_dir.resolve()),
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, version: str | None) -> None:
+        """A worker for `version`, or (None) for a fresh snapshot of the working tree."""
+        command = [sys.executable, "-m", "cli", "worker"]
+        if version is not None:
+            command += ["--version", version]
+        # Popen from the event loop's thread: the death signal is tied to the spawning thread.
+        self.processes[version or "working tree"] = subprocess.Popen(
+            command, env=self._env, start_new_session=True, preexec_fn=die_with_parent
+        )
+
+    def exited(self) -> list[str]:
+        return [
+            f"{v} (exit {p.returncode})" for v, p in self.processes.items() if p.poll() is not None
+        ]
+
+    def stop(self) -> None:
+        """SIGTERM (in-flight calls finish), then SIGKILL what has not stopped in time."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=GRACEFUL_SHUTDOWN.total_seconds() + 5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def kill(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+
+
+def _stop_event(server: DevServer, workers: WorkerChildren) -> asyncio.Event:
     event = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def _on_signal() -> None:
         if event.is_set():  # second signal: stop at once
+            workers.kill()
             server.stop(timeout_s=2)
             os._exit(130)
         print("\nstopping (again to force)…", flush=True)
@@ -48,7 +110,51 @@ def _stop_event(server: DevServer) -> asyncio.Event:
     return event
 
 
-def _banner(settings: Settings, server: DevServer) -> str:
+async def _versions_to_serve(
+    client: Client, settings: Settings, engine: Engine
+) -> list[str | None]:
+    """The active version and the one a rollback returns to (if its zip is here); on a fresh
+    deployment, [None]: the working tree, which the worker snapshots and activates."""
+    state = await activation.reconcile(client, settings, engine)
+    if state.current is None:
+        return [None]
+    rows = registry.history(engine, limit=10_000)
+    stack = registry.active_stack(reversed(rows), state.current)
+    serve: list[str | None] = [state.current]
+    if len(stack) >= 2 and (settings.snapshots_dir / f"{stack[-2]}.zip").is_file():
+        serve.append(stack[-2])
+    return serve
+
+
+async def _wait_ready(client: Client, settings: Settings, workers: WorkerChildren) -> str:
+    """Until the deployment has a current version with a live worker; its id."""
+    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S
+    while asyncio.get_running_loop().time() < deadline:
+        dead = workers.exited()
+        if dead:
+            raise RuntimeError(f"worker process exited: {', '.join(dead)}; see its output above")
+        state = await deployment.describe(client, settings)
+        if state.current and (await deployment.live_workers(client, settings)).get(state.current):
+            return state.current
+        await asyncio.sleep(0.3)
+    raise TimeoutError(f"no worker served the active version within {READY_TIMEOUT_S:.0f}s")
+
+
+def _tree_notice(settings: Settings, active: str) -> str:
+    try:
+        tree = collect(default_source(), settings).id
+    except BundleError as exc:
+        return f"\n  (could not snapshot the working tree: {exc})"
+    if tree == active:
+        return ""
+    return (
+        f"\nNote: the working tree ({tree}) differs from the active version. To deploy it: run\n"
+        f"  `crewline worker` in another terminal (it snapshots and serves the tree), then\n"
+        f"  `crewline version activate {tree}`."
+    )
+
+
+def _banner(settings: Settings, server: DevServer, active: str) -> str:
     provider = settings.provider()
     label = " (offline canned answers, not a real model)" if provider == "scripted" else ""
     return (
@@ -56,8 +162,10 @@ def _banner(settings: Settings, server: DevServer) -> str:
         f"  API       {settings.resolved_api_url}   (docs: {settings.resolved_api_url}/docs)\n"
         f"  Web UI    http://{server.ip}:{server.ui_port}\n"
         f"  Temporal  {server.address}   (history: {server.db_file})\n"
+        f"  Version   {active} (active; `crewline version list`)\n"
         f"  Data      {settings.data_dir.resolve()}\n"
         f'Try:  .venv/bin/crewline run "Build a snake game"      Ctrl-C stops everything.'
+        + _tree_notice(settings, active)
     )
 
 
@@ -71,25 +179,30 @@ async def run_stack(settings: Settings) -> None:
         ui_port=settings.temporal_ui_port,
     )
     await server.start()
+    settings = settings.model_copy(update={"temporal_address": server.address})
+    workers = WorkerChildren(settings)
     try:
-        settings = settings.model_copy(update={"temporal_address": server.address})
-        stop = _stop_event(server)
+        stop = _stop_event(server, workers)
         client = await connect(settings)
-        worker = build_worker(client, settings)
-        app = create_app(settings, client=client)
+        engine = make_engine(settings.resolved_database_url)
+        for version in await _versions_to_serve(client, settings, engine):
+            workers.spawn(version)
+        active = await _wait_ready(client, settings, workers)
+        app = create_app(settings, client=client, engine=engine)
         api = _ApiServer(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         )
-        async with worker:
-            api_task = asyncio.create_task(api.serve())
-            await asyncio.sleep(0.5)
-            print(_banner(settings, server), flush=True)
-            await asyncio.wait(
-                {api_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
-            )
-            api.should_exit = True
-            await api_task
-            log.info("stack.worker_stopping")
+        api_task = asyncio.create_task(api.serve())
+        await asyncio.sleep(0.5)
+        print(_banner(settings, server, active), flush=True)
+        await asyncio.wait(
+            {api_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
+        api.should_exit = True
+        await api_task
+        log.info("stack.workers_stopping")
+        await asyncio.to_thread(workers.stop)
     finally:
+        workers.kill()
         server.stop()
         log.info("stack.stopped")

@@ -18,10 +18,12 @@ import socket
 import subprocess
 import sys
 import sysconfig
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime, TelemetryConfig
 
 from crewline.settings import Settings
 
@@ -48,19 +50,28 @@ def test_server_path() -> str:
     return _wheel_binary("temporal-test-server")
 
 
-async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+async def connect(settings: Settings, *, lazy: bool = False, worker: bool = False) -> Client:
     """A client with the pydantic data converter. `lazy` defers the connection to first use, so
-    the API can start (and report it in /health) while Temporal is still down."""
+    the API can start (and report it in /health) while Temporal is still down. `worker`: the
+    client of a worker process, whose runtime heartbeats every WORKER_HEARTBEAT_S so Temporal
+    knows which versions have a live worker (activation checks it; the default is 60 s)."""
+    runtime = None
+    if worker:
+        runtime = Runtime(
+            telemetry=TelemetryConfig(),
+            worker_heartbeat_interval=timedelta(seconds=settings.worker_heartbeat_s),
+        )
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
         lazy=lazy,
+        runtime=runtime,
     )
 
 
-def _die_with_parent() -> None:
-    # Linux: the dev server gets SIGTERM if `crewline up` dies, even by SIGKILL — no orphans.
+def die_with_parent() -> None:
+    # Linux: a child (dev server, worker) gets SIGTERM if `crewline up` dies, even by SIGKILL.
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -155,7 +166,7 @@ class DevServer:
         log = self.log_file.open("ab")
         # Popen returns at once (fork/exec); the wait for readiness below is async.
         self.process = subprocess.Popen(  # noqa: ASYNC220
-            self.command(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            self.command(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
         )
         log.close()
         deadline = asyncio.get_running_loop().time() + timeout_s

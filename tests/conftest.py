@@ -7,20 +7,25 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from api.app import create_app
+from cli.stack import _ApiServer
 from crewline.db import make_engine
 from crewline.settings import Settings
 from crewline.temporal import dev_server_path, test_server_path, tuning_args
@@ -29,6 +34,7 @@ from workers.main import build_worker
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, PipelineResult, StepRetry
 
 REPO = Path(__file__).resolve().parent.parent
+CREWLINE = str(Path(sys.executable).parent / "crewline")
 _exit_status = 0
 
 
@@ -53,6 +59,11 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_log_level="error",
         # The shipped tuning of the embedded server, so tests see the timings users get.
         dev_server_extra_args=tuning_args(),
+        # In-process workers heartbeat like worker processes do (WORKER_HEARTBEAT_S), so
+        # Temporal sees them live at once (the default runtime's first beat comes after 60 s).
+        runtime=Runtime(
+            telemetry=TelemetryConfig(), worker_heartbeat_interval=timedelta(seconds=1)
+        ),
     )
     yield env
     await env.shutdown()
@@ -90,6 +101,8 @@ def settings(tmp_path: Path, fake_groq: FakeGroq, dev_env: WorkflowEnvironment) 
         CREWLINE_DATA_DIR=tmp_path / "data",
         TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
         CREWLINE_TASK_QUEUE=f"tq-{uuid.uuid4().hex[:8]}",
+        CREWLINE_DEPLOYMENT=f"dep-{uuid.uuid4().hex[:8]}",
+        WORKER_HEARTBEAT_S=1,
         SEARCH_BACKEND="none",
         LLM_RETRY_BASE_S=0.05,
         LLM_RETRY_CAP_S=0.2,
@@ -111,6 +124,22 @@ async def api(client: Client, settings: Settings, engine: Any) -> AsyncIterator[
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             yield http
+
+
+@pytest.fixture
+async def api_url(client: Client, settings: Settings, engine: Any) -> AsyncIterator[str]:
+    port = free_port()
+    server = _ApiServer(
+        uvicorn.Config(
+            create_app(settings, client=client, engine=engine), port=port, log_level="warning"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
 
 
 @pytest.fixture
@@ -149,6 +178,18 @@ async def start_pipeline(
         task_queue=settings.task_queue,
     )
     return run_id, handle
+
+
+async def run_cli(
+    *args: str, api_url: str, cwd: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The `crewline` command as a user runs it, against the API at `api_url`."""
+    env = {"CREWLINE_API_URL": api_url, "PATH": "/usr/bin:/bin", **(extra_env or {})}
+    proc = await asyncio.create_subprocess_exec(
+        CREWLINE, *args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())
 
 
 async def assert_eventually(

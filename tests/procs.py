@@ -27,16 +27,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def spawn_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    """`python -m workers.main` with these settings; cwd is the data dir so no `.env` leaks in."""
+def spawn_worker(
+    settings: Settings, log: Path, *args: str, pythonpath: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m workers.main` with these settings (unversioned), or with `args` the `crewline`
+    command (e.g. `worker --version ID`); cwd is the data dir so no `.env` leaks in.
+    `pythonpath`: another checkout to import the platform and working tree from."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = settings_env(settings)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    command = (
+        [sys.executable, "-m", "cli", *args] if args else [sys.executable, "-m", "workers.main"]
+    )
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "workers.main"],
-            env=settings_env(settings),
-            cwd=settings.data_dir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            command, env=env, cwd=settings.data_dir, stdout=out, stderr=subprocess.STDOUT
         )
 
 
@@ -47,8 +53,9 @@ class WorkerProcesses:
         self.settings, self.logs = settings, logs
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self) -> subprocess.Popen[bytes]:
-        process = spawn_worker(self.settings, self.logs / f"worker{len(self.started) + 1}.log")
+    def spawn(self, *args: str, pythonpath: Path | None = None) -> subprocess.Popen[bytes]:
+        log = self.logs / f"worker{len(self.started) + 1}.log"
+        process = spawn_worker(self.settings, log, *args, pythonpath=pythonpath)
         self.started.append(process)
         return process
 

@@ -2,57 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
-import uvicorn
-from temporalio.client import Client
 from temporalio.worker import Worker
 
-from api.app import create_app
-from cli.stack import _ApiServer
-from crewline.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import run_cli
 from tests.fakes import FakeGroq
-
-CREWLINE = str(Path(sys.executable).parent / "crewline")
-
-
-@pytest.fixture
-async def api_url(client: Client, settings: Settings, engine: Any) -> AsyncIterator[str]:
-    port = free_port()
-    server = _ApiServer(
-        uvicorn.Config(
-            create_app(settings, client=client, engine=engine), port=port, log_level="warning"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
-
-
-async def _cli(*args: str, api_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {"CREWLINE_API_URL": api_url, "PATH": "/usr/bin:/bin"}
-    proc = await asyncio.create_subprocess_exec(
-        CREWLINE, *args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())
 
 
 async def test_run_follows_steps_and_prints_answer(
     api_url: str, new_worker: Callable[..., Worker], fake_groq: FakeGroq, tmp_path: Path
 ) -> None:
     async with new_worker():
-        result = await _cli("run", "Build a snake game", api_url=api_url, cwd=tmp_path)
+        result = await run_cli("run", "Build a snake game", api_url=api_url, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         for agent in ("researcher", "planner", "executor", "coder", "finalizer"):
             assert f"✓ {agent}" in result.stdout
@@ -60,18 +23,18 @@ async def test_run_follows_steps_and_prints_answer(
         assert "FINAL-ANSWER: run python snake.py" in result.stdout
         assert "snake.py" in result.stdout and "run COMPLETED" in result.stdout
 
-        no_wait = await _cli(
+        no_wait = await run_cli(
             "run", "--no-wait", "Build a snake game", api_url=api_url, cwd=tmp_path
         )
         run_id = no_wait.stdout.strip()
         assert no_wait.returncode == 0 and run_id.startswith("run-")
-        listing = await _cli("runs", api_url=api_url, cwd=tmp_path)
+        listing = await run_cli("runs", api_url=api_url, cwd=tmp_path)
         assert run_id in listing.stdout
-        status = await _cli("status", run_id, api_url=api_url, cwd=tmp_path)
+        status = await run_cli("status", run_id, api_url=api_url, cwd=tmp_path)
         assert status.returncode == 0 and run_id in status.stdout
     assert "$0.000098" in result.stdout  # each step: 100 + 50 tokens at Groq's price, $0.0000985
     assert "spent $0.000492 of $1" in result.stdout
-    table = await _cli("costs", "--by", "agent", api_url=api_url, cwd=tmp_path)
+    table = await run_cli("costs", "--by", "agent", api_url=api_url, cwd=tmp_path)
     assert table.returncode == 0
     lines = table.stdout.splitlines()
     assert lines[0].split()[:2] == ["agent", "calls"]
@@ -86,7 +49,7 @@ async def test_failed_run_names_the_agent_and_exits_1(
 
     fake_groq.script("planner", Status(401, message="Invalid API Key"))
     async with new_worker():
-        result = await _cli("run", "Build a snake game", api_url=api_url, cwd=tmp_path)
+        result = await run_cli("run", "Build a snake game", api_url=api_url, cwd=tmp_path)
     assert result.returncode == 1
     assert (
         "run FAILED at planner" in result.stderr and "GROQ_API_KEY rejected (401)" in result.stderr
@@ -94,13 +57,13 @@ async def test_failed_run_names_the_agent_and_exits_1(
 
 
 async def test_unreachable_api_says_how_to_start_it(tmp_path: Path) -> None:
-    result = await _cli("run", "x", api_url="http://127.0.0.1:1", cwd=tmp_path)
+    result = await run_cli("run", "x", api_url="http://127.0.0.1:1", cwd=tmp_path)
     assert result.returncode == 2
     assert "cannot reach the crewline API" in result.stderr and "make up" in result.stderr
 
 
 async def test_unknown_run_and_bad_query_are_clear(api_url: str, tmp_path: Path) -> None:
-    missing = await _cli("status", "run-nope", api_url=api_url, cwd=tmp_path)
+    missing = await run_cli("status", "run-nope", api_url=api_url, cwd=tmp_path)
     assert missing.returncode == 2 and "not found (HTTP 404)" in missing.stderr
-    empty = await _cli("run", "  ", api_url=api_url, cwd=tmp_path)
+    empty = await run_cli("run", "  ", api_url=api_url, cwd=tmp_path)
     assert empty.returncode == 2 and "query must not be empty" in empty.stderr

@@ -104,6 +104,17 @@ async def test_ctrl_c_stops_cleanly_and_next_up_resumes_the_run(tmp_path: Path) 
         run_body = httpx.get(f"{api}/runs/{run_id}").json()
         assert [s["status"] for s in run_body["steps"]] == ["COMPLETED"] * 5
         assert "scripted offline provider" in run_body["final_answer"]
+        # The first `up` snapshotted the working tree and activated it; the run, started on it,
+        # finished on it after the restart.
+        versions = httpx.get(f"{api}/versions").json()
+        active = versions["active"]
+        assert [v["id"] for v in versions["items"]] == [active] and active.startswith("snap-")
+        assert run_body["version"] == active and {s["version"] for s in run_body["steps"]} == {
+            active
+        }
+        assert (tmp_path / "data" / "snapshots" / f"{active}.zip").is_file()
+        history = httpx.get(f"{api}/versions/history").json()["items"]
+        assert [(h["action"], h["to_version"]) for h in history] == [("bootstrap", active)]
     finally:
         stack.send_signal(signal.SIGINT)
         await asyncio.to_thread(stack.wait, 60)

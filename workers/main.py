@@ -1,7 +1,9 @@
 """The worker entry point: builds the Worker that runs the pipeline workflow and agent activities.
 
 `build_worker` is the single place that decides what a worker registers; tests use it too, so
-they exercise exactly what production runs.
+they exercise exactly what production runs. With a `version` (a snapshot id) the worker registers
+as that Worker Deployment Version and the pipeline is pinned to it; the agent code must then have
+been imported from the snapshot (`workers/serve.py` does that before importing this module).
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import Engine
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.agents import AgentActivities
 from activities.breaker import BreakerRegistry
@@ -50,6 +54,7 @@ def build_worker(
     search_backend: SearchBackend | object | None = _UNSET,
     task_queue: str | None = None,
     breakers: BreakerRegistry | None = None,
+    version: str | None = None,
     **worker_options: Any,
 ) -> Worker:
     engine = engine or make_engine(settings.resolved_database_url)
@@ -65,7 +70,14 @@ def build_worker(
         tools=build_tools(settings, engine, backend),  # type: ignore[arg-type]
         pricer=pricer,
         breakers=breakers,
+        version=version,
     )
+    if version is not None:
+        worker_options["deployment_config"] = WorkerDeploymentConfig(
+            version=WorkerDeploymentVersion(settings.deployment_name, version),
+            use_worker_versioning=True,
+            default_versioning_behavior=VersioningBehavior.PINNED,
+        )
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -79,21 +91,33 @@ def build_worker(
     )
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or SIGINT/SIGTERM when run standalone), then shut down cleanly."""
+async def run_worker(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    version: str | None = None,
+    on_started: Callable[[Client, Engine], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGINT/SIGTERM when run standalone), then shut down cleanly.
+    `on_started` runs once the worker polls (e.g. make its version current on a fresh start)."""
     from crewline.temporal import connect
 
-    client = await connect(settings)
-    worker = build_worker(client, settings)
+    client = await connect(settings, worker=True)
+    engine = make_engine(settings.resolved_database_url)
+    worker = build_worker(client, settings, engine=engine, version=version)
     stop = stop or _signal_event()
     log.info(
         "worker.started",
         task_queue=settings.task_queue,
         temporal=settings.temporal_address,
         provider=settings.provider(),
+        version=version or "unversioned (working tree)",
     )
     async with worker:
+        hook = asyncio.create_task(on_started(client, engine)) if on_started else None
         await stop.wait()
+        if hook is not None:
+            hook.cancel()
         log.info("worker.stopping", graceful_timeout_s=GRACEFUL_SHUTDOWN.total_seconds())
     log.info("worker.stopped")
 

@@ -100,6 +100,9 @@ def _failure_message(err: BaseException) -> str:
     return message
 
 
+# Versioned workers (workers/main.py) run this workflow PINNED: a run finishes on the version
+# (snapshot) that started it, whatever is activated meanwhile; only an explicit move re-pins it.
+# (Not set here: Temporal refuses a workflow-level behavior from an unversioned worker.)
 @workflow.defn(name="AgentPipelineWorkflow")
 class AgentPipelineWorkflow:
     @workflow.init

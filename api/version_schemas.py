@@ -1,0 +1,114 @@
+"""Request and response shapes of `/versions`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+VERSION_ID_PATTERN = r"^snap-[0-9a-f]{12}$"
+
+
+class VersionSummary(BaseModel):
+    id: str
+    created_at: datetime
+    source: str
+    note: str | None
+    files: int
+    prompts: int
+    size_bytes: int
+    active: bool = False
+    live_workers: int = 0
+    runs: int = 0
+    spend_usd: Decimal = Decimal(0)
+    shadow_spend_usd: Decimal = Decimal(0)
+
+
+class VersionList(BaseModel):
+    deployment: str
+    active: str | None
+    # Temporal's conflict token for the deployment as read now (hex): pass it back as `if_token`
+    # to change the current version only if nobody changed it since.
+    deployment_token: str
+    items: list[VersionSummary]
+
+
+class FileEntry(BaseModel):
+    path: str
+    sha256: str
+
+
+class WorkerOut(BaseModel):
+    identity: str
+    host: str
+    last_heartbeat: datetime
+
+
+class VersionDetail(VersionSummary):
+    files_list: list[FileEntry]
+    model_settings: dict[str, Any]
+    tools: list[dict[str, Any]]
+    workers: list[WorkerOut] = []
+
+
+class SnapshotIn(BaseModel):
+    note: str | None = Field(default=None, max_length=500)
+
+
+class SnapshotOut(VersionSummary):
+    created: bool = Field(description="false: this exact content was already a version")
+    skipped: list[str] = []
+
+
+class ChangeIn(BaseModel):
+    reason: str | None = Field(default=None, max_length=500)
+    move_inflight: bool = Field(
+        default=False,
+        description="also re-pin the open runs of the version being left onto the target",
+    )
+    force: bool = Field(
+        default=False, description="move in-flight runs even if the workflow code differs"
+    )
+    if_token: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-fA-F]{0,256}$",
+        description="`deployment_token` from GET /versions: fail (409) if anything changed since",
+    )
+
+
+class RollbackIn(ChangeIn):
+    from_version: str | None = Field(
+        default=None,
+        pattern=VERSION_ID_PATTERN,
+        description="the version to roll back from; a retry after it happened changes nothing",
+    )
+
+
+class ActivationOut(BaseModel):
+    action: str
+    from_version: str | None
+    to_version: str
+    changed: bool
+    moved_runs: int = 0
+    at: datetime | None = None
+    reason: str | None = None
+    by: str | None = None
+
+
+class HistoryOut(BaseModel):
+    items: list[ActivationOut]
+
+
+class VersionDiffOut(BaseModel):
+    a: str
+    b: str
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    prompts_changed: list[str]
+    model_settings: dict[str, list[Any]]
+    tools: dict[str, list[Any]]
+    diffs: dict[str, str]
+    note: str | None = None
