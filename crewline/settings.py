@@ -86,8 +86,9 @@ class Settings(BaseSettings):
     deployment_name: str = Field(
         default="crewline", alias="CREWLINE_DEPLOYMENT", pattern=r"^[A-Za-z0-9_-]{1,100}$"
     )
-    # How often workers tell Temporal they are alive; activation checks a version has one.
-    worker_heartbeat_s: float = Field(default=5.0, alias="WORKER_HEARTBEAT_S", ge=1, le=60)
+    # How often workers tell Temporal they are alive; activation checks a version has one. A
+    # new worker is listed after its first beat, one interval after it starts.
+    worker_heartbeat_s: float = Field(default=2.0, alias="WORKER_HEARTBEAT_S", ge=1, le=60)
     temporal_port: int = Field(default=7233, alias="TEMPORAL_PORT")
     temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
     api_host: str = Field(default="127.0.0.1", alias="API_HOST")

@@ -101,6 +101,10 @@ EMBEDDED_DYNAMIC_CONFIG: dict[str, str] = {
         for scope in ("", "Host")
     },
     "history.timerProcessorMaxTimeShift": '"10ms"',
+    # Worker heartbeats and ListWorkers: how activation knows a version has a live worker
+    # (default-on in this server, explicit so a config change cannot silently turn them off).
+    "frontend.WorkerHeartbeatsEnabled": "true",
+    "frontend.ListWorkersEnabled": "true",
     "matching.numTaskqueueReadPartitions": "1",
     "matching.numTaskqueueWritePartitions": "1",
     "system.enableActivityEagerExecution": "true",

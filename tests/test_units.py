@@ -153,6 +153,13 @@ def test_docker_compose_is_consistent() -> None:
     images = [s["image"] for s in services.values() if "image" in s]
     assert all(":" in i and not i.endswith(":latest") for i in images)
     assert (REPO / "Dockerfile").is_file()
+    # Versioned workers need a server with worker heartbeats, and the flags that enable them.
+    tag = services["temporal"]["image"].rpartition(":")[2]
+    assert tuple(int(p) for p in tag.split(".")) >= (1, 29, 1)
+    mounted = services["temporal"]["volumes"][0].split(":")[0]
+    flags = yaml.safe_load((REPO / mounted).read_text())
+    assert flags["frontend.WorkerHeartbeatsEnabled"][0]["value"] is True
+    assert flags["frontend.ListWorkersEnabled"][0]["value"] is True
 
 
 def test_breaker_state_machine() -> None:

@@ -22,8 +22,8 @@ from versioning.loader import load_snapshot
 
 log = structlog.get_logger("crewline.worker")
 
-# How long a fresh worker waits to see itself live in Temporal before making its version current.
-BOOTSTRAP_WAIT_S = 60.0
+# How long a worker waits to see itself live in Temporal (then it says it is ready).
+READY_WAIT_S = 60.0
 
 
 def snapshot_working_tree(settings: Settings, engine: Engine) -> str:
@@ -47,20 +47,24 @@ def load_version(settings: Settings, version_id: str) -> Settings:
     return manifest.model_settings.apply(settings)
 
 
-async def _bootstrap_when_live(
-    settings: Settings, version_id: str, client: Client, engine: Engine
+async def _when_live(
+    settings: Settings, version_id: str, client: Client, engine: Engine, *, fresh: bool
 ) -> None:
-    deadline = asyncio.get_running_loop().time() + BOOTSTRAP_WAIT_S
-    while asyncio.get_running_loop().time() < deadline:
-        if (await deployment.live_workers(client, settings)).get(version_id):
-            result = await activation.bootstrap(
-                client, settings, engine, version_id, by=f"worker {version_id}"
-            )
-            if result is not None:
-                log.info("version.bootstrapped", version=version_id)
+    """Say when Temporal lists this worker (from then on the version can be activated); on a
+    fresh snapshot of the working tree, make it current if nothing is."""
+    deadline = asyncio.get_running_loop().time() + READY_WAIT_S
+    while not (await deployment.live_workers(client, settings)).get(version_id):
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("worker.not_seen_live", version=version_id, waited_s=READY_WAIT_S)
             return
         await asyncio.sleep(0.5)
-    log.warning("version.bootstrap_skipped", version=version_id, reason="worker not seen live")
+    log.info("worker.ready", version=version_id, activate=f"crewline version activate {version_id}")
+    if fresh:
+        result = await activation.bootstrap(
+            client, settings, engine, version_id, by=f"worker {version_id}"
+        )
+        if result is not None:
+            log.info("version.bootstrapped", version=version_id)
 
 
 async def serve(settings: Settings, version_id: str | None) -> None:
@@ -75,11 +79,9 @@ async def serve(settings: Settings, version_id: str | None) -> None:
     from workers.main import run_worker  # after the snapshot: agent code comes from its zip
 
     async def on_started(client: Client, engine: Engine) -> None:
-        if not fresh:
-            return
         try:
-            await _bootstrap_when_live(settings, version_id, client, engine)
+            await _when_live(settings, version_id, client, engine, fresh=fresh)
         except Exception as exc:  # the worker serves on; someone can still activate it
-            log.error("version.bootstrap_failed", version=version_id, error=repr(exc))
+            log.error("worker.readiness_failed", version=version_id, error=repr(exc))
 
     await run_worker(settings, version=version_id, on_started=on_started)
