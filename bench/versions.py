@@ -96,21 +96,16 @@ async def main(rounds: int) -> dict[str, Any]:
                 for worker in workers:
                     worker.terminate()
                     worker.wait()
-    result = {
-        "rounds": rounds,
-        "after_rollback_ms": {k: v * 1000 for k, v in percentiles(after_rollback).items()},
-        "no_change_ms": {k: v * 1000 for k, v in percentiles(steady).items()},
-    }
+    after = {k: v * 1000 for k, v in percentiles(after_rollback).items()}
+    steady_ms = {k: v * 1000 for k, v in percentiles(steady).items()}
     ratio = statistics.median(after_rollback) / statistics.median(steady)
     print(
         f"first step of a new run on the rolled-back-to version, {rounds} rounds:\n"
-        f"  after rollback returned  p50 {result['after_rollback_ms']['p50']:.1f} ms  "
-        f"p95 {result['after_rollback_ms']['p95']:.1f} ms\n"
-        f"  no change (baseline)     p50 {result['no_change_ms']['p50']:.1f} ms  "
-        f"p95 {result['no_change_ms']['p95']:.1f} ms\n"
+        f"  after rollback returned  p50 {after['p50']:.1f} ms  p95 {after['p95']:.1f} ms\n"
+        f"  no change (baseline)     p50 {steady_ms['p50']:.1f} ms  p95 {steady_ms['p95']:.1f} ms\n"
         f"  ratio of medians {ratio:.2f}x"
     )
-    return result
+    return {"rounds": rounds, "after_rollback_ms": after, "no_change_ms": steady_ms}
 
 
 if __name__ == "__main__":
