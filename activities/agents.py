@@ -60,7 +60,7 @@ class AgentResult(BaseModel):
     attempt: int = 1
     notes: str | None = None
     artifacts: list[str] = []
-    intents: list[dict[str, object]] = []
+    intents: list[dict[str, object]] = []  # dry run: {tool, summary}; arguments in the DB
     # Settled cost of every attempt of this step, from the ledger.
     cost_usd: Decimal = Decimal(0)
     max_tokens_shrunk: bool = False
@@ -182,7 +182,7 @@ class AgentActivities:
         wanted, why = needs_research(inp.query, self._settings.research_mode)
         if wanted:
             found: SearchOutcome = await self._tools.dispatch(
-                ToolContext(run_id=inp.run_id, dry_run=inp.dry_run),
+                ToolContext(run_id=inp.run_id, dry_run=inp.dry_run, agent=inp.agent),
                 "web_search",
                 query=inp.query,
             )
@@ -228,7 +228,7 @@ class AgentActivities:
         if not files:
             files = {"coder_answer.md": response.text}
             notes = "the model did not use the FILE format; its whole answer was saved as one file"
-        ctx = ToolContext(run_id=inp.run_id, dry_run=inp.dry_run)
+        ctx = ToolContext(run_id=inp.run_id, dry_run=inp.dry_run, agent=inp.agent)
         written = [
             await self._tools.dispatch(ctx, "write_file", path=path, content=body)
             for path, body in files.items()

@@ -7,6 +7,7 @@ rather than adding a duplicate.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Engine
@@ -14,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from activities.breaker import BreakerSnapshot
-from crewline.db import Artifact, BreakerRow, Run, Step, session_scope, utcnow
+from crewline.db import Artifact, BreakerRow, Intent, Run, Step, session_scope, utcnow
 
 
 def upsert_step(engine: Engine, run_id: str, agent: str, **fields: Any) -> None:
@@ -60,6 +61,28 @@ def record_artifact(engine: Engine, run_id: str, path: str, size_bytes: int, sha
             run_id=run_id, path=path, size_bytes=0, sha256=""
         )
         row.size_bytes, row.sha256, row.created_at = size_bytes, sha256, utcnow()
+        session.add(row)
+
+
+def record_intent(
+    engine: Engine,
+    run_id: str,
+    agent: str,
+    seq: int,
+    tool: str,
+    summary: str,
+    args: dict[str, Any],
+) -> None:
+    """Store what a side-effect tool would have done (a retried step overwrites its own)."""
+    with session_scope(engine) as session:
+        stmt = select(Intent).where(
+            Intent.run_id == run_id, Intent.agent == agent, Intent.seq == seq
+        )
+        row = session.exec(stmt).first() or Intent(
+            run_id=run_id, agent=agent, seq=seq, tool=tool, summary="", args_json="{}"
+        )
+        row.tool, row.summary = tool, summary[:500]
+        row.args_json = json.dumps(args, default=str)
         session.add(row)
 
 

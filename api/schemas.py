@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -32,6 +33,10 @@ class RunCreate(BaseModel):
     query: str = Field(max_length=MAX_QUERY_CHARS, description="What the agents should do")
     # Upper bound (MAX_BUDGET_USD) is a setting, checked by the handler.
     budget_usd: Decimal | None = Field(default=None, gt=0, decimal_places=6)
+    dry_run: bool = Field(
+        default=False,
+        description="side-effect tools record what they would do (intents) instead of acting",
+    )
 
     @field_validator("query")
     @classmethod
@@ -76,6 +81,18 @@ class StepOut(BaseModel):
     finished_at: datetime | None
 
 
+class IntentOut(BaseModel):
+    id: int
+    agent: str
+    tool: str
+    summary: str
+    url: str
+
+
+class IntentDetail(IntentOut):
+    args: dict[str, Any]
+
+
 class ArtifactOut(BaseModel):
     path: str
     size_bytes: int
@@ -95,10 +112,15 @@ class RunOut(BaseModel):
     version: str | None = Field(
         default=None, description="snapshot id of the version that ran it (null: unversioned)"
     )
+    dry_run: bool | None = None
+    shadow_of: str | None = Field(default=None, description="the primary run this shadows")
     created_at: datetime
     updated_at: datetime
     steps: list[StepOut] = []
     artifacts: list[ArtifactOut] = []
+    intents: list[IntentOut] = Field(
+        default=[], description="dry run: what side-effect tools would have done"
+    )
     links: RunLinks
 
 

@@ -85,6 +85,10 @@ def _print_outcome(settings: Settings, run: dict[str, Any]) -> int:
             typer.echo(f"\nArtifacts ({len(run['artifacts'])}) in {where}:")
             for artifact in run["artifacts"]:
                 typer.echo(f"  {artifact['path']}  ({artifact['size_bytes']} bytes)")
+        if run.get("intents"):
+            typer.echo("\nDry run — nothing was written; the tools would have:")
+            for intent in run["intents"]:
+                typer.echo(f"  {intent['summary']}   ({intent['url']})")
         if run.get("provider") == "scripted":
             typer.echo("\nNOTE: LLM_PROVIDER=scripted — canned offline answers, not a real model.")
         return 0
@@ -97,10 +101,13 @@ def run(
     query: Annotated[str, typer.Argument(help="What the agents should build or answer")],
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the run id and exit")] = False,
     budget: Annotated[str | None, typer.Option("--budget", help="Budget in USD, e.g. 0.50")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Record what tools would do (no files, no writes)")
+    ] = False,
 ) -> None:
     """Start a run and follow it step by step."""
     settings = Settings()
-    body: dict[str, Any] = {"query": query}
+    body: dict[str, Any] = {"query": query, "dry_run": dry_run}
     if budget is not None:
         body["budget_usd"] = budget
     accepted = request(settings, "POST", "/runs", json=body)

@@ -13,7 +13,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Column, Engine, Numeric, UniqueConstraint, event, inspect, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Numeric,
+    Text,
+    UniqueConstraint,
+    event,
+    inspect,
+    text,
+)
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 
@@ -33,6 +43,10 @@ class Run(SQLModel, table=True):
     failed_agent: str | None = Field(default=None, max_length=32)
     # The snapshot id of the version that ran it (None: an unversioned worker, or not started).
     version: str | None = Field(default=None, index=True, max_length=64)
+    # Side-effect tools recorded intents instead of acting (DRY_RUN, `dry_run`, every shadow).
+    dry_run: bool | None = None
+    # A shadow run: the primary run it re-ran on the candidate version.
+    shadow_of: str | None = Field(default=None, index=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -69,6 +83,22 @@ class Artifact(SQLModel, table=True):
     path: str = Field(max_length=512)
     size_bytes: int
     sha256: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Intent(SQLModel, table=True):
+    """What a side-effect tool would have done in a dry run: the tool, a summary, the arguments.
+    Keyed by (run, agent, seq) so a retried step rewrites its intents instead of adding more."""
+
+    __table_args__ = (UniqueConstraint("run_id", "agent", "seq", name="uq_intent_run_agent_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=64)
+    agent: str = Field(max_length=32)
+    seq: int
+    tool: str = Field(max_length=64)
+    summary: str = Field(max_length=500)
+    args_json: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -210,6 +240,12 @@ def steps_of(engine: Engine, run_id: str) -> list[Step]:
 def breakers(engine: Engine) -> list[BreakerRow]:
     with Session(engine) as session:
         stmt = select(BreakerRow).order_by(col(BreakerRow.updated_at).desc())
+        return list(session.exec(stmt))
+
+
+def intents_of(engine: Engine, run_id: str) -> list[Intent]:
+    with Session(engine) as session:
+        stmt = select(Intent).where(Intent.run_id == run_id).order_by(col(Intent.id))
         return list(session.exec(stmt))
 
 

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     on_budget_exhausted: Literal["stop", "wait"] = Field(
         default="stop", alias="ON_BUDGET_EXHAUSTED"
     )
+    # Every run of this deployment records side-effect intents instead of acting.
+    dry_run: bool = Field(default=False, alias="DRY_RUN")
     # Delay the scripted provider adds per call (demos of progress, benchmarks).
     scripted_delay_s: float = Field(default=0.3, alias="SCRIPTED_DELAY_S", ge=0)
 

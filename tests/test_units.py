@@ -116,7 +116,7 @@ async def test_dry_run_records_intents_instead_of_side_effects() -> None:
     ctx = ToolContext(run_id="r", dry_run=True)
     assert await registry.dispatch(ctx, "write", path="x.py") is None
     assert await registry.dispatch(ctx, "read", q="hi") == "HI"
-    assert done == [] and ctx.intents == [{"tool": "write", "args": {"path": "x.py"}}]
+    assert done == [] and ctx.intents == [{"tool": "write", "summary": "would call write(path)"}]
     assert await registry.dispatch(ToolContext(run_id="r"), "write", path="y.py") == "y.py"
     assert done == ["y.py"]
 

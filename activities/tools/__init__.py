@@ -1,8 +1,9 @@
 """The one place tools are registered and dispatched.
 
-Each tool declares whether it has side effects. Dry-run (every shadow run) is enforced here, at
-dispatch, not left to each tool: a side-effect tool called in dry-run records an intent
-`{tool, args}` and does nothing.
+Each tool declares whether it has side effects. Dry-run (DRY_RUN, a run's `dry_run`, every
+shadow run) is enforced here, at dispatch, not left to each tool: a side-effect tool called in
+dry-run is never invoked; its intent — the tool, a one-line summary and the arguments — goes to
+the registry's recorder (the app database), and the step's result carries only the summary.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ToolFn = Callable[..., Awaitable[Any]]
+# (context, tool, arguments, summary, sequence number within the step) -> stored
+Recorder = Callable[["ToolContext", str, dict[str, Any], str, int], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -20,13 +23,21 @@ class ToolSpec:
     side_effects: bool
     description: str
     fn: ToolFn
+    # One line saying what a dry run would have done, from the call's arguments.
+    describe: Callable[[dict[str, Any]], str] | None = None
+
+    def summary(self, args: dict[str, Any]) -> str:
+        if self.describe is not None:
+            return self.describe(args)
+        return f"would call {self.name}({', '.join(sorted(args))})"
 
 
 @dataclass
 class ToolContext:
     run_id: str
     dry_run: bool = False
-    intents: list[dict[str, Any]] = field(default_factory=list)
+    agent: str = ""
+    intents: list[dict[str, Any]] = field(default_factory=list)  # {tool, summary}
 
 
 class UnknownToolError(KeyError):
@@ -34,13 +45,17 @@ class UnknownToolError(KeyError):
 
 
 class ToolRegistry:
-    def __init__(self) -> None:
+    def __init__(self, recorder: Recorder | None = None) -> None:
         self._tools: dict[str, ToolSpec] = {}
+        self._recorder = recorder
 
     def register(self, spec: ToolSpec) -> None:
         if spec.name in self._tools:
             raise ValueError(f"tool {spec.name!r} registered twice")
         self._tools[spec.name] = spec
+
+    def specs(self) -> list[ToolSpec]:
+        return list(self._tools.values())
 
     def manifest(self) -> list[dict[str, Any]]:
         return [
@@ -53,6 +68,9 @@ class ToolRegistry:
         if spec is None:
             raise UnknownToolError(name)
         if spec.side_effects and ctx.dry_run:
-            ctx.intents.append({"tool": name, "args": args})
+            summary = spec.summary(args)
+            if self._recorder is not None:
+                await self._recorder(ctx, name, args, summary, len(ctx.intents))
+            ctx.intents.append({"tool": name, "summary": summary})
             return None
         return await spec.fn(ctx, **args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -20,7 +21,14 @@ def default_search_backend(settings: Settings) -> SearchBackend | None:
 def build_tools(
     settings: Settings, engine: Engine, search_backend: SearchBackend | None
 ) -> ToolRegistry:
-    registry = ToolRegistry()
+    async def _record(
+        ctx: ToolContext, tool: str, args: dict[str, Any], summary: str, seq: int
+    ) -> None:
+        await asyncio.to_thread(
+            store.record_intent, engine, ctx.run_id, ctx.agent, seq, tool, summary, args
+        )
+
+    registry = ToolRegistry(recorder=_record)
 
     async def _search(ctx: ToolContext, query: str) -> SearchOutcome:
         return await web_search(search_backend, query, settings.search_max_results)
@@ -40,6 +48,7 @@ def build_tools(
             side_effects=True,
             description="write one artifact file under the run's directory",
             fn=_write_file,
+            describe=lambda a: f"would write {a['path']} ({len(a['content'].encode())} bytes)",
         )
     )
     return registry

@@ -8,6 +8,7 @@ Temporal Web UI and with `temporal workflow show -w RUN_ID`.
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +27,8 @@ from api.deps import EngineDep, SettingsDep, TemporalDep
 from api.schemas import (
     TERMINAL,
     ArtifactOut,
+    IntentDetail,
+    IntentOut,
     RunAccepted,
     RunCreate,
     RunLinks,
@@ -34,7 +37,7 @@ from api.schemas import (
     RunStatus,
     StepOut,
 )
-from crewline.db import Run, artifacts_of, get_run, session_scope, steps_of
+from crewline.db import Intent, Run, artifacts_of, get_run, intents_of, session_scope, steps_of
 from crewline.settings import ConfigurationError, Settings
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, StepRetry
 
@@ -79,12 +82,24 @@ def _artifacts(engine: Engine, run_id: str) -> list[ArtifactOut]:
     ]
 
 
+def _intent_out(run_id: str, intent: Intent) -> IntentOut:
+    assert intent.id is not None
+    return IntentOut(
+        id=intent.id,
+        agent=intent.agent,
+        tool=intent.tool,
+        summary=intent.summary,
+        url=f"/runs/{run_id}/intents/{intent.id}",
+    )
+
+
 def _run_detail(settings: Settings, engine: Engine, run: Run) -> RunOut:
     out = _run_summary(settings, run)
     out.steps = [
         StepOut.model_validate(s, from_attributes=True) for s in steps_of(engine, run.run_id)
     ]
     out.artifacts = _artifacts(engine, run.run_id)
+    out.intents = [_intent_out(run.run_id, i) for i in intents_of(engine, run.run_id)]
     return out
 
 
@@ -133,16 +148,22 @@ async def create_run(
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     check_budget_cap(settings, body.budget_usd)
     budget = body.budget_usd or settings.default_budget_usd
+    dry_run = body.dry_run or settings.dry_run
     run = Run(
         run_id=f"run-{uuid.uuid4().hex[:16]}",
         query=body.query,
         budget_usd=budget,
         idempotency_key=idempotency_key,
         provider=provider,
+        dry_run=dry_run or None,
     )
     claimed = await run_in_threadpool(_claim, engine, run)
     if claimed.run_id != run.run_id:
-        if claimed.query != body.query or claimed.budget_usd != budget:
+        if (
+            claimed.query != body.query
+            or claimed.budget_usd != budget
+            or bool(claimed.dry_run) != dry_run
+        ):
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 "Idempotency-Key was already used with a different request body",
@@ -159,6 +180,7 @@ async def create_run(
                 run_id=run.run_id,
                 query=body.query,
                 budget_usd=budget,
+                dry_run=dry_run,
                 on_budget_exhausted=settings.on_budget_exhausted,
                 retry=StepRetry(
                     max_attempts=settings.llm_max_attempts, timeout_s=settings.llm_step_timeout_s
@@ -253,6 +275,15 @@ async def cancel_run(run_id: str, engine: EngineDep, client: TemporalDep) -> dic
             status.HTTP_503_SERVICE_UNAVAILABLE, "Temporal is unreachable; try again"
         ) from None
     return {"run_id": run_id, "status": "CANCELLING"}
+
+
+@router.get("/{run_id}/intents/{intent_id}", response_model=IntentDetail)
+def read_intent(run_id: str, intent_id: int, engine: EngineDep) -> IntentDetail:
+    """What a dry run's side-effect tool would have done, in full (e.g. a file's content)."""
+    found = next((i for i in intents_of(engine, run_id) if i.id == intent_id), None)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} has no intent {intent_id}")
+    return IntentDetail(**_intent_out(run_id, found).model_dump(), args=json.loads(found.args_json))
 
 
 @router.get("/{run_id}/artifacts", response_model=list[ArtifactOut])
