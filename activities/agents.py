@@ -25,7 +25,7 @@ from activities.calls import CallOutcome, MeteredCaller
 from activities.heartbeat import heartbeating
 from activities.llm import LLMProvider, LLMResponse
 from activities.prompts import render
-from activities.research import needs_research
+from activities.research import needs_research, shared_research
 from activities.tools import ToolContext, ToolRegistry
 from activities.tools.files import parse_files
 from activities.tools.search import SearchOutcome
@@ -46,6 +46,8 @@ class AgentInput(BaseModel):
     dry_run: bool = False
     # What the run may still spend (budget - settled spend); None = no budget.
     budget_left_usd: Decimal | None = None
+    # A shadow run: the primary whose research it reuses; its calls are ledgered as shadow.
+    shadow_of: str | None = None
 
 
 class AgentResult(BaseModel):
@@ -118,14 +120,14 @@ class AgentActivities:
 
     async def _call(
         self, inp: AgentInput, system: str, user: str, *, notes: str | None = None,
-        completes: bool = True,
+        completes: bool = True, extra: dict[str, Any] | None = None,
     ) -> CallOutcome:  # fmt: skip
         """The step's metered LLM call. `completes`: the answer is the step's output, so the step
         row is marked COMPLETED in the same transaction as the call's ledger row."""
         step = dict(
             position=AGENTS.index(inp.agent), status="RUNNING", attempt=activity.info().attempt,
             model=self._settings.model_for(inp.agent), provider=self._llm.name, error=None,
-            version=self._version, started_at=utcnow(), finished_at=None,
+            version=self._version, started_at=utcnow(), finished_at=None, **(extra or {}),
         )  # fmt: skip
 
         def completed(response: LLMResponse, cost: Decimal) -> dict[str, Any]:
@@ -133,7 +135,7 @@ class AgentActivities:
 
         return await self._caller.call(
             inp.run_id, inp.agent, system, user, inp.budget_left_usd, step,
-            settle=completed if completes else None,
+            settle=completed if completes else None, shadow=inp.shadow_of is not None,
         )  # fmt: skip
 
     def _completed_fields(
@@ -180,8 +182,12 @@ class AgentActivities:
     @heartbeating
     async def research(self, inp: AgentInput) -> AgentResult:
         wanted, why = needs_research(inp.query, self._settings.research_mode)
-        if wanted:
-            found: SearchOutcome = await self._tools.dispatch(
+        found: SearchOutcome
+        if inp.shadow_of is not None:
+            # A shadow sees the facts its primary saw: differences come from the version.
+            found = await shared_research(self._engine, inp.shadow_of)
+        elif wanted:
+            found = await self._tools.dispatch(
                 ToolContext(run_id=inp.run_id, dry_run=inp.dry_run, agent=inp.agent),
                 "web_search",
                 query=inp.query,
@@ -195,7 +201,10 @@ class AgentActivities:
             results = f"(none — {found.skipped_reason})"
             notes = found.skipped_reason
         prompt = render("researcher", query=inp.query, search_results=results)
-        outcome = await self._call(inp, prompt.system, prompt.user, notes=notes)
+        outcome = await self._call(
+            inp, prompt.system, prompt.user, notes=notes,
+            extra={"research_json": found.model_dump_json()},
+        )  # fmt: skip
         return self._result(inp, outcome, outcome.response.text, notes=notes)
 
     @activity.defn(name="planner")

@@ -79,6 +79,7 @@ class MeteredCaller:
         budget_left: Decimal | None,
         step: dict[str, Any],
         settle: Settle | None = None,
+        shadow: bool = False,
     ) -> CallOutcome:
         """`step`: fields for the step row, written together with the reservation.
 
@@ -135,10 +136,10 @@ class MeteredCaller:
             await self._db(store.upsert_step, run_id, agent, status="CANCELLED", reserved_usd=0)
             raise
         except Exception as exc:
-            await self._failed(exc, breaker, run_id, agent, model, prompt_estimate)
+            await self._failed(exc, breaker, run_id, agent, model, prompt_estimate, shadow)
         await self._moved(breaker, breaker.on_success())
         cost = await self._ledger(
-            run_id, agent, response, estimated_prompt=prompt_estimate,
+            run_id, agent, response, estimated_prompt=prompt_estimate, shadow=shadow,
             step_fields=None if settle is None else lambda cost: settle(response, spent + cost),
         )  # fmt: skip
         return CallOutcome(response, spent + cost, plan.shrunk)
@@ -167,6 +168,7 @@ class MeteredCaller:
         agent: str,
         model: str,
         prompt_estimate: int,
+        shadow: bool,
     ) -> NoReturn:
         error = classify(
             exc,
@@ -189,7 +191,9 @@ class MeteredCaller:
                 text="", model=model, provider=self._llm.name,
                 prompt_tokens=None, completion_tokens=None,
             )  # fmt: skip
-            await self._ledger(run_id, agent, cut_off, estimated_prompt=prompt_estimate)
+            await self._ledger(
+                run_id, agent, cut_off, estimated_prompt=prompt_estimate, shadow=shadow
+            )
         status = "FAILED" if error.non_retryable else "ERROR"
         await self._db(
             store.upsert_step, run_id, agent, status=status, error=error.message, reserved_usd=0
@@ -206,6 +210,7 @@ class MeteredCaller:
         response: LLMResponse,
         *,
         estimated_prompt: int,
+        shadow: bool = False,
         step_fields: Callable[[Decimal], dict[str, Any]] | None = None,
     ) -> Decimal:
         """Write this attempt's row (once) — with the step row's `step_fields(this attempt's
@@ -241,6 +246,7 @@ class MeteredCaller:
             output_per_mtok=None if priced.output_per_mtok is None else str(priced.output_per_mtok),
             price_source=priced.source,
             usage_source="reported" if reported and not response.usage_estimated else "estimated",
+            shadow=shadow,
         )
         then = None
         if step_fields is not None:

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from api.routes import costs, health, runs, versions
+from api.routes import costs, health, runs, shadow, versions
 from crewline.db import make_engine
 from crewline.settings import Settings
 from crewline.temporal import connect
@@ -41,6 +41,7 @@ def create_app(
     )
     app.include_router(runs.router)
     app.include_router(costs.router)
+    app.include_router(shadow.router)  # before versions: /versions/shadow is not an id
     app.include_router(versions.router)
     app.include_router(health.router)
     return app

@@ -93,6 +93,35 @@ class IntentDetail(IntentOut):
     args: dict[str, Any]
 
 
+class DivergenceOut(BaseModel):
+    run_id: str
+    shadow_run_id: str
+    agent: str
+    active_version: str | None
+    candidate_version: str | None
+    score: float
+    threshold: float
+    alert: bool
+    reasons: list[str]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Any) -> DivergenceOut:
+        return cls.model_validate({**row.model_dump(), "reasons": row.reasons})
+
+
+class DivergenceDetail(DivergenceOut):
+    primary_output: str
+    shadow_output: str
+
+
+class ShadowOut(BaseModel):
+    run_id: str
+    status: RunStatus
+    version: str | None
+    divergences: list[DivergenceOut] = []
+
+
 class ArtifactOut(BaseModel):
     path: str
     size_bytes: int
@@ -120,6 +149,9 @@ class RunOut(BaseModel):
     artifacts: list[ArtifactOut] = []
     intents: list[IntentOut] = Field(
         default=[], description="dry run: what side-effect tools would have done"
+    )
+    shadow: ShadowOut | None = Field(
+        default=None, description="its shadow run on the candidate version, and the verdicts"
     )
     links: RunLinks
 

@@ -20,6 +20,7 @@ class VersionSummary(BaseModel):
     prompts: int
     size_bytes: int
     active: bool = False
+    candidate: bool = False
     live_workers: int = 0
     runs: int = 0
     spend_usd: Decimal = Decimal(0)
@@ -29,6 +30,9 @@ class VersionSummary(BaseModel):
 class VersionList(BaseModel):
     deployment: str
     active: str | None
+    candidate: str | None = None
+    shadow_rate: float = 0.0
+    shadow_paused: str | None = None
     # Temporal's conflict token for the deployment as read now (hex): pass it back as `if_token`
     # to change the current version only if nobody changed it since.
     deployment_token: str

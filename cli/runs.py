@@ -85,6 +85,15 @@ def _print_outcome(settings: Settings, run: dict[str, Any]) -> int:
             typer.echo(f"\nArtifacts ({len(run['artifacts'])}) in {where}:")
             for artifact in run["artifacts"]:
                 typer.echo(f"  {artifact['path']}  ({artifact['size_bytes']} bytes)")
+        if run.get("shadow"):
+            shadow = run["shadow"]
+            alerts = [d for d in shadow["divergences"] if d["alert"]]
+            verdict = (
+                f"diverged at {', '.join(d['agent'] for d in alerts)}" if alerts
+                else ("no divergence" if shadow["divergences"] else "not compared yet")
+            )  # fmt: skip
+            state = shadow["status"].lower()
+            typer.echo(f"\nShadow {shadow['run_id']} on {shadow['version']}: {state}, {verdict}")
         if run.get("intents"):
             typer.echo("\nDry run — nothing was written; the tools would have:")
             for intent in run["intents"]:

@@ -31,7 +31,7 @@ from api.app import create_app
 from crewline.db import make_engine
 from crewline.settings import Settings
 from crewline.temporal import DevServer, connect, die_with_parent, port_open
-from versioning import activation, deployment, registry
+from versioning import activation, deployment, registry, shadow
 from versioning.bundle import BundleError, collect, default_source
 from workers.main import GRACEFUL_SHUTDOWN
 
@@ -113,7 +113,8 @@ def _stop_event(server: DevServer, workers: WorkerChildren) -> asyncio.Event:
 async def _versions_to_serve(
     client: Client, settings: Settings, engine: Engine
 ) -> list[str | None]:
-    """The active version and the one a rollback returns to (if its zip is here); on a fresh
+    """The active version, the one a rollback returns to and the shadow candidate (if their zips
+    are here); on a fresh
     deployment, [None]: the working tree, which the worker snapshots and activates."""
     state = await activation.reconcile(client, settings, engine)
     if state.current is None:
@@ -121,8 +122,10 @@ async def _versions_to_serve(
     rows = registry.history(engine, limit=10_000)
     stack = registry.active_stack(reversed(rows), state.current)
     serve: list[str | None] = [state.current]
-    if len(stack) >= 2 and (settings.snapshots_dir / f"{stack[-2]}.zip").is_file():
-        serve.append(stack[-2])
+    candidate = shadow.get_config(engine).candidate
+    for extra in (stack[-2] if len(stack) >= 2 else None, candidate):
+        if extra and extra not in serve and (settings.snapshots_dir / f"{extra}.zip").is_file():
+            serve.append(extra)
     return serve
 
 

@@ -85,13 +85,17 @@ def list_versions() -> None:
     found = request(settings, "GET", "/versions")
     typer.echo(f"  {'version':<19} {'created':<17} {'workers':>7} {'runs':>6} {'spend':>11}  note")
     for v in found["items"]:
-        mark = "*" if v["active"] else " "
+        mark = "*" if v["active"] else ("s" if v.get("candidate") else " ")
         created = v["created_at"][:16].replace("T", " ")
         typer.echo(
             f"{mark} {v['id']:<19} {created:<17} {v['live_workers']:>7} {v['runs']:>6} "
             f"{_money(v['spend_usd']):>11}  {v['note'] or ''}"
         )
     typer.echo(f"* active: {found['active'] or 'none'}   (deployment {found['deployment']})")
+    if found.get("candidate"):
+        typer.echo(f"s shadow candidate: {found['candidate']} at {found['shadow_rate']:.0%}")
+        if found.get("shadow_paused"):
+            typer.echo(f"  {found['shadow_paused']}")
     exit_hard(0)
 
 
@@ -207,4 +211,56 @@ def delete(version_id: str) -> None:
     settings = Settings()
     request(settings, "DELETE", f"/versions/{version_id}", expect_json=False)
     typer.echo(f"deleted {version_id}")
+    exit_hard(0)
+
+
+@app.command("shadow")
+def shadow_version(
+    version_id: str,
+    rate: Annotated[float, typer.Option("--rate", help="Share of runs to shadow; 0 stops")] = 0.05,
+) -> None:
+    """Shadow VERSION_ID: re-run that share of new runs on it, in dry-run, and compare."""
+    settings = Settings()
+    if rate <= 0:
+        request(settings, "DELETE", "/versions/shadow")
+        typer.echo("shadowing stopped")
+        exit_hard(0)
+    out = request(settings, "POST", f"/versions/{version_id}/shadow", json={"rate": rate})
+    typer.echo(
+        f"shadowing {out['candidate']} on {out['rate']:.0%} of runs (dry-run; shadow spend "
+        f"${Decimal(out['spent_today_usd']):.6f} of ${Decimal(out['daily_cap_usd'])} today)"
+    )
+    if out.get("paused"):
+        typer.echo(out["paused"])
+    exit_hard(0)
+
+
+@app.command()
+def report(version_id: str, examples: Annotated[int, typer.Option()] = 1) -> None:
+    """How VERSION_ID did as a shadow: divergence per agent, worst cases, spend and latency."""
+    settings = Settings()
+    r = request(settings, "GET", f"/versions/{version_id}/report")
+    states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(r["by_status"].items())) or "none"
+    typer.echo(
+        f"{version_id}: {r['shadow_runs']} shadow runs ({states}), {r['compared_runs']} compared"
+    )
+    p50 = lambda v: "-" if v is None else f"{v:.1f}s"  # noqa: E731
+    typer.echo(
+        f"  spend: candidate ${Decimal(r['candidate_spend_usd']):.6f} vs active "
+        f"${Decimal(r['active_spend_usd']):.6f} on the same runs;  latency p50: candidate "
+        f"{p50(r['candidate_seconds_p50'])} vs active {p50(r['active_seconds_p50'])}"
+    )
+    for agent, a in r["per_agent"].items():
+        rate = "-" if a["alert_rate"] is None else f"{a['alert_rate']:.0%}"
+        typer.echo(f"  {agent:<11} diverged {a['alerts']}/{a['compared']} ({rate})")
+        for worst in a["worst"][:examples]:
+            typer.echo(f"    run {worst['run_id']}  score {worst['score']:.2f}")
+            for reason in worst["reasons"][:3]:
+                typer.echo(f"      - {reason}")
+            typer.echo("      v1: " + worst["primary_output"][:160].replace("\n", " "))
+            typer.echo("      v2: " + worst["shadow_output"][:160].replace("\n", " "))
+    if r["intents_differ"]:
+        typer.echo(
+            f"  side effects differ in {len(r['intents_differ'])} run(s): {r['intents_differ'][:5]}"
+        )
     exit_hard(0)

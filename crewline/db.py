@@ -69,6 +69,8 @@ class Step(SQLModel, table=True):
     attempt: int = 1
     error: str | None = None
     cost_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 10)))
+    # The researcher's search outcome (JSON): a shadow run of this run reuses it.
+    research_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # Worst case of the call in flight (0 when none): live "reserved" spend.
     reserved_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 10)))
     started_at: datetime | None = None

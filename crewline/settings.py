@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     on_budget_exhausted: Literal["stop", "wait"] = Field(
         default="stop", alias="ON_BUDGET_EXHAUSTED"
     )
+    # Shadow runs (a candidate version re-running sampled runs in dry-run) spend at most this
+    # much per UTC day, apart from any user's budget.
+    shadow_daily_cap_usd: Decimal = Field(
+        default=Decimal("1.00"), alias="SHADOW_DAILY_CAP_USD", ge=0
+    )
     # Every run of this deployment records side-effect intents instead of acting.
     dry_run: bool = Field(default=False, alias="DRY_RUN")
     # Delay the scripted provider adds per call (demos of progress, benchmarks).

@@ -13,6 +13,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -74,6 +75,11 @@ class FakeGroq:
         self.run_scripts: dict[tuple[str, str], list[Any]] = {}
         # While set, every request is answered with this action (an outage).
         self.outage: Any = None
+        # (agent, request body) -> the answer text, or None for the default; lets a test make
+        # answers depend on the prompt a version sends.
+        self.responder: Callable[[str, dict[str, Any]], str | None] | None = None
+        # (request body) -> seconds to hang before answering nothing, or None.
+        self.hang_when: Callable[[dict[str, Any]], float | None] | None = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -152,6 +158,17 @@ class FakeGroq:
                 with fake._lock:
                     fake.requests.append(Seen(agent=agent, at=time.monotonic(), body=payload))
                 action = fake._next_action(agent, payload.get("user"))
+                hang = fake.hang_when(payload) if fake.hang_when else None
+                if hang:
+                    action = Hang(hang)
+                if isinstance(action, Reply) and action.text is None and fake.responder:
+                    answer = fake.responder(agent, payload)
+                    if answer is not None:
+                        action = Reply(
+                            text=answer,
+                            prompt_tokens=action.prompt_tokens,
+                            completion_tokens=action.completion_tokens,
+                        )
                 if isinstance(action, Hang):
                     time.sleep(action.seconds)
                     return

@@ -24,6 +24,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 from activities.agents import AgentActivities
 from activities.breaker import BreakerRegistry
 from activities.llm import LLMProvider, build_provider
+from activities.shadow import ShadowActivities
 from activities.tools.builtin import build_tools, default_search_backend
 from activities.tools.search import SearchBackend
 from costs.pricing import Pricer
@@ -78,11 +79,12 @@ def build_worker(
             use_worker_versioning=True,
             default_versioning_behavior=VersioningBehavior.PINNED,
         )
+    shadow = ShadowActivities(engine)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[AgentPipelineWorkflow],
-        activities=activities.all(),  # type: ignore[arg-type]
+        activities=[*activities.all(), shadow.compare],  # type: ignore[list-item]
         sticky_queue_schedule_to_start_timeout=STICKY_SCHEDULE_TO_START,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

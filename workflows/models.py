@@ -29,6 +29,8 @@ class PipelineInput(BaseModel):
     retry: StepRetry | None = None
     # "stop": end BUDGET_EXCEEDED; "wait": pause until `raise_budget` gives more room.
     on_budget_exhausted: Literal["stop", "wait"] = "stop"
+    # A shadow run: the primary run it re-runs on a candidate version (always dry-run).
+    shadow_of: str | None = None
 
 
 class BudgetRaise(BaseModel):

@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities, AgentInput, AgentResult, RunUpdate
+    from activities.shadow import CompareInput, ShadowActivities
     from crewline.statuses import TERMINAL_STATUSES
     from workflows.models import (
         BudgetRaise,
@@ -68,6 +69,8 @@ LLM_RETRY = RetryPolicy(
     ],
 )
 BOOKKEEPING_START_TO_CLOSE = timedelta(seconds=30)
+# A shadow's comparison waits for its primary (heartbeating), however long that runs.
+SHADOW_COMPARE_TIMEOUT = timedelta(hours=6)
 BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20)
 # Patch id (stored in histories): run-status writes became local activities. Runs recorded
 # before it replay their regular record_run activities; remove the old branch only once no such
@@ -172,7 +175,22 @@ class AgentPipelineWorkflow:
         await self._record(
             RunUpdate(run_id=inp.run_id, status="COMPLETED", final_answer=self._final_answer)
         )
+        if inp.shadow_of is not None:
+            await self._compare_with_primary(inp)
         return self._result(results)
+
+    async def _compare_with_primary(self, inp: PipelineInput) -> None:
+        # Only shadow runs (shadow_of set) reach this: no recorded history of a run without
+        # it takes this branch, so it needs no patch.
+        assert inp.shadow_of is not None
+        await workflow.execute_activity_method(
+            ShadowActivities.compare,
+            CompareInput(primary_run_id=inp.shadow_of, shadow_run_id=inp.run_id),
+            start_to_close_timeout=SHADOW_COMPARE_TIMEOUT,
+            heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
+            summary=f"compare with primary run {inp.shadow_of}",
+        )
 
     def _result(self, results: list[AgentResult]) -> PipelineResult:
         """The run's result so far: complete, or partial when stopped for budget."""
@@ -232,6 +250,7 @@ class AgentPipelineWorkflow:
                 context=dict(context),
                 dry_run=inp.dry_run,
                 budget_left_usd=self._left(),
+                shadow_of=inp.shadow_of,
             ),
             start_to_close_timeout=LLM_START_TO_CLOSE,
             schedule_to_close_timeout=(

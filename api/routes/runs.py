@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi import APIRouter, BackgroundTasks, Header, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import Engine, func
@@ -27,6 +27,7 @@ from api.deps import EngineDep, SettingsDep, TemporalDep
 from api.schemas import (
     TERMINAL,
     ArtifactOut,
+    DivergenceOut,
     IntentDetail,
     IntentOut,
     RunAccepted,
@@ -35,10 +36,13 @@ from api.schemas import (
     RunOut,
     RunPage,
     RunStatus,
+    ShadowOut,
     StepOut,
 )
+from api.shadow import start_shadow_quietly
 from crewline.db import Intent, Run, artifacts_of, get_run, intents_of, session_scope, steps_of
 from crewline.settings import ConfigurationError, Settings
+from versioning import shadow
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, StepRetry
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -100,6 +104,16 @@ def _run_detail(settings: Settings, engine: Engine, run: Run) -> RunOut:
     ]
     out.artifacts = _artifacts(engine, run.run_id)
     out.intents = [_intent_out(run.run_id, i) for i in intents_of(engine, run.run_id)]
+    shadow_run = shadow.shadow_run_of(engine, run.run_id)
+    if shadow_run is not None:
+        out.shadow = ShadowOut(
+            run_id=shadow_run.run_id,
+            status=RunStatus(shadow_run.status),
+            version=shadow_run.version,
+            divergences=[
+                DivergenceOut.of(d) for d in shadow.divergences(engine, run_id=run.run_id)
+            ],
+        )
     return out
 
 
@@ -140,6 +154,7 @@ async def create_run(
     settings: SettingsDep,
     engine: EngineDep,
     client: TemporalDep,
+    background: BackgroundTasks,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> RunAccepted:
     try:
@@ -199,6 +214,8 @@ async def create_run(
             f"could not start the run: Temporal at {settings.temporal_address} is {why}; "
             "is the server up? (`make up` starts the embedded one)",
         ) from None
+    # After the response is sent: a shadow never touches the primary's latency or result.
+    background.add_task(start_shadow_quietly, client, settings, engine, run)
     return RunAccepted(
         run_id=run.run_id, status=RunStatus.QUEUED, links=_links(settings, run.run_id)
     )
@@ -211,10 +228,14 @@ def list_runs(
     status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
+    shadows: Annotated[bool, Query(description="include shadow runs")] = False,
 ) -> RunPage:
     with Session(engine) as session:
         stmt = select(Run)
         count = select(func.count()).select_from(Run)
+        if not shadows:
+            stmt = stmt.where(col(Run.shadow_of).is_(None))
+            count = count.where(col(Run.shadow_of).is_(None))
         if status_filter is not None:
             stmt = stmt.where(Run.status == status_filter.value)
             count = count.where(Run.status == status_filter.value)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from api.version_schemas import (
     WorkerOut,
 )
 from crewline.settings import Settings
-from versioning import activation, deployment, registry
+from versioning import activation, deployment, registry, shadow
 from versioning.activation import ActivationResult, VersionError
 from versioning.bundle import (
     MAX_BUNDLE_BYTES,
@@ -114,14 +114,21 @@ async def list_versions(
     live = await _temporal(settings, deployment.live_workers(client, settings))
     rows = await run_in_threadpool(registry.list_versions, engine)
     usage = await run_in_threadpool(registry.usage, engine)
+    config = await run_in_threadpool(shadow.get_config, engine)
+    items = [
+        _summary(r, usage.get(r.id, registry.Usage()), state.current, len(live.get(r.id, [])))
+        for r in rows
+    ]
+    for item in items:
+        item.candidate = item.id == config.candidate
     return VersionList(
         deployment=settings.deployment_name,
         active=state.current,
+        candidate=config.candidate,
+        shadow_rate=config.rate,
+        shadow_paused=shadow.pause_reason(settings, engine) if config.candidate else None,
         deployment_token=state.conflict_token.hex(),
-        items=[
-            _summary(r, usage.get(r.id, registry.Usage()), state.current, len(live.get(r.id, [])))
-            for r in rows
-        ],
+        items=items,
     )
 
 
@@ -320,8 +327,10 @@ async def delete_version(
     version_id: VersionId, settings: SettingsDep, engine: EngineDep, client: TemporalDep
 ) -> Response:
     """Delete a snapshot that is not active, not the candidate and pinned by no open run."""
+    candidate = (await run_in_threadpool(shadow.get_config, engine)).candidate
     await _temporal(
-        settings, activation.check_deletable(client, settings, engine, version_id, candidate=None)
+        settings,
+        activation.check_deletable(client, settings, engine, version_id, candidate=candidate),
     )
     (settings.snapshots_dir / f"{version_id}.zip").unlink(missing_ok=True)
     await run_in_threadpool(registry.delete, engine, version_id)

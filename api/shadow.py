@@ -1,0 +1,96 @@
+"""Starting a sampled run's shadow: after the primary's `202` is sent (a background task), so a
+shadow never delays, fails or changes its primary. The shadow is its own workflow, pinned to the
+candidate version, in dry-run, with what is left of today's shadow cap as its budget.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Engine
+from temporalio.client import Client
+from temporalio.common import PinnedVersioningOverride
+from temporalio.service import RPCError
+
+from crewline.db import Run, session_scope
+from crewline.settings import Settings
+from versioning import deployment, shadow
+from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, StepRetry
+
+log = structlog.get_logger("crewline.shadow")
+# A shadow whose candidate never picks it up (worker gone) is not kept open for ever.
+SHADOW_RUN_TIMEOUT = timedelta(hours=6)
+
+
+def shadow_id(run_id: str) -> str:
+    return f"{run_id}-shadow"
+
+
+def _insert(engine: Engine, row: Run) -> None:
+    with session_scope(engine) as session:
+        session.add(row)
+
+
+def _delete(engine: Engine, run_id: str) -> None:
+    with session_scope(engine) as session:
+        row = session.get(Run, run_id)
+        if row is not None:
+            session.delete(row)
+
+
+async def maybe_start_shadow(
+    client: Client, settings: Settings, engine: Engine, primary: Run
+) -> str | None:
+    """Start the primary's shadow if it is sampled and today's cap allows; its run id."""
+    decision = await run_in_threadpool(shadow.decide, engine, settings, primary.run_id)
+    if not decision.shadow or decision.candidate is None:
+        if decision.why_not and decision.why_not.startswith("sampling paused"):
+            log.warning("shadow.paused", run_id=primary.run_id, reason=decision.why_not)
+        return None
+    run_id = shadow_id(primary.run_id)
+    row = Run(
+        run_id=run_id, query=primary.query, budget_usd=decision.budget_usd,
+        provider=primary.provider, dry_run=True, shadow_of=primary.run_id,
+    )  # fmt: skip
+    await run_in_threadpool(_insert, engine, row)
+    try:
+        await client.start_workflow(
+            AgentPipelineWorkflow.run,
+            PipelineInput(
+                run_id=run_id,
+                query=primary.query,
+                budget_usd=decision.budget_usd,
+                dry_run=True,
+                shadow_of=primary.run_id,
+                on_budget_exhausted="stop",
+                retry=StepRetry(
+                    max_attempts=settings.llm_max_attempts, timeout_s=settings.llm_step_timeout_s
+                ),
+            ),
+            id=run_id,
+            task_queue=settings.task_queue,
+            execution_timeout=SHADOW_RUN_TIMEOUT,
+            versioning_override=PinnedVersioningOverride(
+                deployment.deployment_version(settings, decision.candidate)
+            ),
+            static_summary=f"shadow of {primary.run_id} on {decision.candidate}",
+        )
+    except (RPCError, RuntimeError) as exc:
+        await run_in_threadpool(_delete, engine, run_id)
+        log.warning("shadow.start_failed", run_id=primary.run_id, error=str(exc)[:300])
+        return None
+    log.info("shadow.started", run_id=primary.run_id, shadow_run_id=run_id,
+             candidate=decision.candidate)  # fmt: skip
+    return run_id
+
+
+async def start_shadow_quietly(
+    client: Client, settings: Settings, engine: Engine, primary: Run
+) -> None:
+    """The background task: whatever happens here stays here."""
+    try:
+        await maybe_start_shadow(client, settings, engine, primary)
+    except Exception as exc:  # a shadow must never surface as the primary's problem
+        log.error("shadow.start_failed", run_id=primary.run_id, error=repr(exc)[:300])
