@@ -6,6 +6,7 @@ candidate version, in dry-run, with what is left of today's shadow cap as its bu
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 import structlog
 from fastapi.concurrency import run_in_threadpool
@@ -49,9 +50,24 @@ async def maybe_start_shadow(
         if decision.why_not and decision.why_not.startswith("sampling paused"):
             log.warning("shadow.paused", run_id=primary.run_id, reason=decision.why_not)
         return None
-    run_id = shadow_id(primary.run_id)
+    return await start_shadow_run(
+        client, settings, engine, primary, decision.candidate, decision.budget_usd,
+        shadow_id(primary.run_id),
+    )  # fmt: skip
+
+
+async def start_shadow_run(
+    client: Client,
+    settings: Settings,
+    engine: Engine,
+    primary: Run,
+    version: str,
+    budget_usd: Decimal | None,
+    run_id: str,
+) -> str | None:
+    """A dry-run re-run of `primary` pinned to `version`, compared with it when both end."""
     row = Run(
-        run_id=run_id, query=primary.query, budget_usd=decision.budget_usd,
+        run_id=run_id, query=primary.query, budget_usd=budget_usd,
         provider=primary.provider, dry_run=True, shadow_of=primary.run_id,
     )  # fmt: skip
     await run_in_threadpool(_insert, engine, row)
@@ -61,7 +77,7 @@ async def maybe_start_shadow(
             PipelineInput(
                 run_id=run_id,
                 query=primary.query,
-                budget_usd=decision.budget_usd,
+                budget_usd=budget_usd,
                 dry_run=True,
                 shadow_of=primary.run_id,
                 on_budget_exhausted="stop",
@@ -73,16 +89,15 @@ async def maybe_start_shadow(
             task_queue=settings.task_queue,
             execution_timeout=SHADOW_RUN_TIMEOUT,
             versioning_override=PinnedVersioningOverride(
-                deployment.deployment_version(settings, decision.candidate)
+                deployment.deployment_version(settings, version)
             ),
-            static_summary=f"shadow of {primary.run_id} on {decision.candidate}",
+            static_summary=f"shadow of {primary.run_id} on {version}",
         )
     except (RPCError, RuntimeError) as exc:
         await run_in_threadpool(_delete, engine, run_id)
         log.warning("shadow.start_failed", run_id=primary.run_id, error=str(exc)[:300])
         return None
-    log.info("shadow.started", run_id=primary.run_id, shadow_run_id=run_id,
-             candidate=decision.candidate)  # fmt: skip
+    log.info("shadow.started", run_id=primary.run_id, shadow_run_id=run_id, version=version)
     return run_id
 
 

@@ -20,7 +20,7 @@ from temporalio.client import Client
 from costs.ledger import calls_of
 from crewline.db import LedgerEntry, get_run, session_scope, steps_of
 from crewline.settings import Settings
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, run_cli
 from tests.fakes import FakeGroq
 from tests.procs import WorkerProcesses
 from tests.test_versions import checkout, snapshot, wait_live
@@ -218,3 +218,31 @@ def test_the_daily_cap_pauses_sampling_and_says_so(settings: Settings, engine: A
     assert not decision.shadow and decision.why_not is not None
     assert "sampling paused" in decision.why_not and "SHADOW_DAILY_CAP_USD" in decision.why_not
     assert shadow.decide(engine, settings, "run-y").shadow  # a bigger cap: sampling again
+
+
+async def test_calibrate_reports_the_noise_floor_of_the_active_version(
+    client: Client,
+    settings: Settings,
+    fake_groq: FakeGroq,
+    engine: Any,
+    api: httpx.AsyncClient,
+    api_url: str,
+    tmp_path: Path,
+) -> None:
+    v1 = snapshot(settings, engine, checkout(tmp_path / "v1", "Be clear."))
+    with WorkerProcesses(settings, tmp_path) as workers:
+        workers.spawn("worker", "--version", v1)
+        await wait_live(client, settings, v1)
+        assert (await api.post(f"/versions/{v1}/activate", json={})).status_code == 200
+        for _ in range(2):
+            run_id = await start_run(api)
+            await assert_eventually(completed(engine, run_id), timeout=60)
+        done = await run_cli(
+            "shadow", "calibrate", "--runs", "2", "--wait", "90", api_url=api_url, cwd=tmp_path
+        )
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}
+    # The fake answers the same prompt the same way: no noise, nothing near a threshold.
+    for agent in ("researcher", "planner", "executor", "coder", "finalizer"):
+        assert lines[agent][1:4] == ["2", "1.00", "1.00"], done.stdout
+    assert f"re-running 2 run(s) on {v1}" in done.stdout

@@ -222,6 +222,7 @@ def divergences(
     version: str | None = None,
     agent: str | None = None,
     run_id: str | None = None,
+    shadow_run_id: str | None = None,
     alerts_only: bool = False,
     limit: int = 100,
     offset: int = 0,
@@ -234,6 +235,8 @@ def divergences(
             stmt = stmt.where(DivergenceRow.agent == agent)
         if run_id is not None:
             stmt = stmt.where(DivergenceRow.run_id == run_id)
+        if shadow_run_id is not None:
+            stmt = stmt.where(DivergenceRow.shadow_run_id == shadow_run_id)
         if alerts_only:
             stmt = stmt.where(col(DivergenceRow.alert).is_(True))
         stmt = stmt.order_by(col(DivergenceRow.score), col(DivergenceRow.id).desc())

@@ -5,6 +5,7 @@ on (`GET /versions/{id}/report`). Included before `/versions/{id}` routes (path 
 from __future__ import annotations
 
 import statistics
+import uuid
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from sqlmodel import Session, col, select
 from api.deps import EngineDep, SettingsDep, TemporalDep
 from api.routes.versions import VersionId, _known, _temporal
 from api.schemas import DivergenceDetail, DivergenceOut
+from api.shadow import start_shadow_run
 from crewline.db import LedgerEntry, Run, from_pico
 from crewline.settings import AGENTS, Settings
 from versioning import deployment, shadow
@@ -88,19 +90,62 @@ def stop_shadowing(settings: SettingsDep, engine: EngineDep) -> ShadowState:
     return state(settings, engine)
 
 
+class CalibrateIn(BaseModel):
+    runs: int = Field(default=5, ge=1, le=50, description="recent completed runs to re-run")
+
+
+class Calibration(BaseModel):
+    version: str
+    shadow_runs: list[str]
+
+
+@router.post("/shadow/calibrate", status_code=status.HTTP_202_ACCEPTED, response_model=Calibration)
+async def calibrate(
+    body: CalibrateIn, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+) -> Calibration:
+    """Re-run recent inputs on the active version itself (dry-run, shadow spend): how far two
+    honest runs of one version already differ is each agent's noise floor. The verdicts arrive
+    as the runs finish (`GET /divergences?version=<active>&alerts_only=false`)."""
+    active = (await _temporal(settings, deployment.describe(client, settings))).current
+    if active is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, "no version is active to calibrate")
+    with Session(engine) as session:
+        recent = list(
+            session.exec(
+                select(Run)
+                .where(Run.status == "COMPLETED", col(Run.shadow_of).is_(None))
+                .order_by(col(Run.created_at).desc())
+                .limit(body.runs)
+            )
+        )
+    if not recent:
+        raise HTTPException(status.HTTP_409_CONFLICT, "no completed run to re-run yet")
+    left = settings.shadow_daily_cap_usd - shadow.spent_today(engine)
+    if left <= 0:
+        raise HTTPException(status.HTTP_409_CONFLICT, shadow.pause_reason(settings, engine))
+    started = []
+    for run in recent:
+        run_id = f"{run.run_id}-calib-{uuid.uuid4().hex[:6]}"
+        if await start_shadow_run(client, settings, engine, run, active, left, run_id):
+            started.append(run_id)
+    return Calibration(version=active, shadow_runs=started)
+
+
 @router.get("/divergences", response_model=list[DivergenceOut])
 def list_divergences(
     engine: EngineDep,
     version: Annotated[str | None, Query(description="the candidate version")] = None,
     agent: Annotated[str | None, Query()] = None,
+    shadow_run_id: Annotated[str | None, Query()] = None,
     alerts_only: Annotated[bool, Query()] = True,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[DivergenceOut]:
     """Verdicts of shadow comparisons, lowest score first (alerts only, by default)."""
     rows = shadow.divergences(
-        engine, version=version, agent=agent, alerts_only=alerts_only, limit=limit, offset=offset
-    )
+        engine, version=version, agent=agent, alerts_only=alerts_only, limit=limit,
+        offset=offset, shadow_run_id=shadow_run_id,
+    )  # fmt: skip
     return [DivergenceOut.of(r) for r in rows]
 
 
