@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from versioning.divergence import signals
+from versioning.divergence import effects, signals
 from versioning.divergence.signals import Finding
 
 # Agents' outputs differ in how much wording moves between honest versions; the thresholds are
@@ -59,16 +59,16 @@ def compare(
     if a.strip() == b.strip():
         return Verdict(agent, 1.0, threshold)
     findings: list[Finding] = []
-    for check in (signals.emptiness, signals.refusal, signals.leaks, signals.truncation):
+    for check in (signals.emptiness, signals.refusal, effects.leaks, signals.truncation):
         findings += check(a, b)
-    data, same_data = signals.structured_data(a, b)
+    data, same_data = effects.structured_data(a, b)
     findings += data
     if not same_data:
         findings += signals.language(a, b, query)
-        findings += signals.code_behaviour(a, b)
+        findings += effects.code_behaviour(a, b)
         for check in (
             signals.figures, signals.sources, signals.technical, signals.terms,
-            signals.polarity, signals.actions, signals.steps, signals.verdict, signals.variants,
+            signals.polarity, effects.actions, signals.steps, signals.verdict, signals.variants,
         ):  # fmt: skip
             findings += check(a, b)
         findings += signals.constraints(a, b, query)
