@@ -10,6 +10,7 @@
   rollback instead of rolling back again.
 - Moving in-flight runs re-pins them to the target, whose workflow code then replays their
   history: refused when `workflows/` differs between the two versions, unless forced.
+- Activating the shadow candidate promotes it: shadowing stops.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from temporalio.client import Client
 from crewline.db import Run
 from crewline.settings import Settings
 from crewline.statuses import TERMINAL_STATUSES
-from versioning import deployment, registry
+from versioning import deployment, registry, shadow
 from versioning.deployment import DeploymentConflictError, DeploymentState
 
 
@@ -129,6 +130,8 @@ async def _change(
         engine, action=action, from_version=leaving, to_version=target, reason=reason, by=by,
         moved_runs=moved,
     )  # fmt: skip
+    if shadow.get_config(engine).candidate == target:  # promoted: it cannot shadow itself
+        shadow.set_config(engine, None, 0.0, by)
     return ActivationResult(action, leaving, target, changed=True, moved_runs=moved, at=row.at)
 
 
