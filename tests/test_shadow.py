@@ -23,7 +23,7 @@ from crewline.settings import Settings
 from tests.conftest import assert_eventually, run_cli
 from tests.fakes import FakeGroq
 from tests.procs import WorkerProcesses
-from tests.test_versions import checkout, snapshot, wait_live
+from tests.snapshots import checkout, snapshot, wait_live
 from versioning import shadow
 
 ANSWERS = {

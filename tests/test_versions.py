@@ -7,8 +7,6 @@ snapshot served a step is visible in its output, as it is in a demo.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import shutil
 import signal
 import time
 from decimal import Decimal
@@ -24,50 +22,14 @@ from crewline.db import get_run, steps_of
 from crewline.settings import Settings
 from tests.conftest import REPO, assert_eventually, run_cli, start_pipeline
 from tests.procs import WorkerProcesses
-from versioning import bundle, deployment, registry
+from tests.snapshots import checkout, fingerprint, set_finalizer, snapshot, wait_live
+from versioning import bundle, deployment
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 
 
 @pytest.fixture
 def scripted(settings: Settings) -> Settings:
     return settings.model_copy(update={"llm_provider": "scripted", "scripted_delay_s": 0.05})
-
-
-def checkout(root: Path, finalizer_line: str) -> Path:
-    """A copy of the agent code whose finalizer system prompt ends with `finalizer_line`."""
-    for package in bundle.BUNDLE_PACKAGES:
-        shutil.copytree(
-            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    set_finalizer(root, finalizer_line)
-    return root
-
-
-def set_finalizer(root: Path, line: str) -> None:
-    path = root / "activities/prompts/finalizer.md"
-    system, sep, user = path.read_text().partition("---user---")
-    path.write_text(f"{system.rstrip()}\n{line}\n{sep}{user}")
-
-
-def fingerprint(root: Path) -> str:
-    """What the scripted provider prints for the finalizer prompt of this checkout."""
-    system = (root / "activities/prompts/finalizer.md").read_text().partition("---user---")[0]
-    return "prompt " + hashlib.sha256(system.strip().encode()).hexdigest()[:6]
-
-
-def snapshot(settings: Settings, engine: Any, root: Path) -> str:
-    made = bundle.collect(root, settings)
-    bundle.write(made, settings.snapshots_dir)
-    registry.register(engine, made, source=str(root))
-    return made.id
-
-
-async def wait_live(client: Client, settings: Settings, *versions: str) -> None:
-    async def live() -> bool:
-        found = await deployment.live_workers(client, settings)
-        return all(found.get(v) for v in versions)
-
-    await assert_eventually(live, timeout=60, interval=0.2)
 
 
 async def run_version(client: Client, settings: Settings, **fields: Any) -> tuple[str, Any]:
