@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,10 +22,10 @@ import httpx
 import uvicorn
 
 from api.app import create_app
-from bench.harness import embedded_stack, free_port, percentiles
-from bench.versions import _snapshot
+from bench.harness import free_port, percentiles
+from bench.versions import two_versions
 from cli.stack import _ApiServer
-from versioning import activation, deployment, shadow
+from versioning import shadow
 
 
 async def _one(http: httpx.AsyncClient) -> float:
@@ -39,50 +38,24 @@ async def _one(http: httpx.AsyncClient) -> float:
 
 async def main(runs: int, delay_s: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        async with embedded_stack(Path(tmp)) as stack:
-            settings = stack.settings.model_copy(update={"scripted_delay_s": delay_s})
-            v1 = _snapshot(settings, stack.engine, Path(tmp) / "v1", "Version one.")
-            v2 = _snapshot(settings, stack.engine, Path(tmp) / "v2", "Version two.")
-            env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith(("GROQ_", "LLM_"))},
-                "LLM_PROVIDER": "scripted", "SCRIPTED_DELAY_S": str(delay_s),
-                "SEARCH_BACKEND": "none", "RESEARCH_MODE": "never", "LOG_LEVEL": "WARNING",
-                "TEMPORAL_ADDRESS": settings.temporal_address,
-                "CREWLINE_DATA_DIR": str(settings.data_dir),
-                "CREWLINE_TASK_QUEUE": settings.task_queue,
-            }  # fmt: skip
-            workers = [
-                subprocess.Popen([sys.executable, "-m", "cli", "worker", "--version", v], env=env)
-                for v in (v1, v2)
-            ]
-            try:
-                while True:
-                    live = await deployment.live_workers(stack.client, settings)
-                    if live.get(v1) and live.get(v2):
-                        break
-                    await asyncio.sleep(0.2)
-                await activation.activate(stack.client, settings, stack.engine, v1)
-                # A real HTTP server: the client has its answer before background tasks run.
-                port = free_port()
-                app = create_app(settings, client=stack.client, engine=stack.engine)
-                server = _ApiServer(uvicorn.Config(app, port=port, log_level="warning"))
-                serving = asyncio.create_task(server.serve())
-                while not server.started:
-                    await asyncio.sleep(0.05)
-                off, on = [], []
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-                    await _one(http)  # warm-up
-                    for _ in range(runs):
-                        shadow.set_config(stack.engine, None, 0.0, None)
-                        off.append(await _one(http))
-                        shadow.set_config(stack.engine, v2, 1.0, None)
-                        on.append(await _one(http))
-                server.should_exit = True
-                await serving
-            finally:
-                for worker in workers:
-                    worker.terminate()
-                    worker.wait()
+        async with two_versions(Path(tmp), delay_s) as (stack, _, v2):
+            # A real HTTP server: the client has its answer before background tasks run.
+            port = free_port()
+            app = create_app(stack.settings, client=stack.client, engine=stack.engine)
+            server = _ApiServer(uvicorn.Config(app, port=port, log_level="warning"))
+            serving = asyncio.create_task(server.serve())
+            while not server.started:
+                await asyncio.sleep(0.05)
+            off, on = [], []
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                await _one(http)  # warm-up
+                for _ in range(runs):
+                    shadow.set_config(stack.engine, None, 0.0, None)
+                    off.append(await _one(http))
+                    shadow.set_config(stack.engine, v2, 1.0, None)
+                    on.append(await _one(http))
+            server.should_exit = True
+            await serving
     p_off, p_on = percentiles(off), percentiles(on)
     print(
         f"primary latency, d={delay_s}s per step, {runs} runs per arm (interleaved):\n"

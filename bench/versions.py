@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import shutil
 import statistics
 import subprocess
@@ -18,10 +19,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.harness import embedded_stack, percentiles
+from bench.harness import Stack, embedded_stack, percentiles
 from crewline.db import steps_of
 from crewline.settings import Settings
 from versioning import activation, bundle, deployment, registry
@@ -62,40 +65,48 @@ async def _first_step_on(stack: Any, version: str) -> float:
     return elapsed
 
 
+@asynccontextmanager
+async def two_versions(workdir: Path, delay_s: float) -> AsyncIterator[tuple[Stack, str, str]]:
+    """The embedded server, two snapshots (finalizer prompts differ) each served by a real
+    `crewline worker --version` process, v1 active; (stack with d = delay_s, v1, v2)."""
+    async with embedded_stack(workdir) as stack:
+        settings = stack.settings.model_copy(update={"scripted_delay_s": delay_s})
+        stack = dataclasses.replace(stack, settings=settings)
+        v1 = _snapshot(settings, stack.engine, workdir / "v1", "Version one.")
+        v2 = _snapshot(settings, stack.engine, workdir / "v2", "Version two.")
+        env = {
+            "LLM_PROVIDER": "scripted", "SCRIPTED_DELAY_S": str(delay_s),
+            "SEARCH_BACKEND": "none", "RESEARCH_MODE": "never", "LOG_LEVEL": "WARNING",
+            "PATH": "/usr/bin:/bin", "TEMPORAL_ADDRESS": settings.temporal_address,
+            "CREWLINE_DATA_DIR": str(settings.data_dir), "CREWLINE_TASK_QUEUE": settings.task_queue,
+        }  # fmt: skip
+        workers = [
+            subprocess.Popen([sys.executable, "-m", "cli", "worker", "--version", v], env=env)
+            for v in (v1, v2)
+        ]
+        try:
+            while True:
+                live = await deployment.live_workers(stack.client, settings)
+                if live.get(v1) and live.get(v2):
+                    break
+                await asyncio.sleep(0.2)
+            await activation.activate(stack.client, settings, stack.engine, v1)
+            yield stack, v1, v2
+        finally:
+            for worker in workers:
+                worker.terminate()
+                worker.wait()
+
+
 async def main(rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with embedded_stack(Path(tmp)) as stack:
-            settings = stack.settings.model_copy(update={"scripted_delay_s": 0.0})
-            v1 = _snapshot(settings, stack.engine, Path(tmp) / "v1", "Version one.")
-            v2 = _snapshot(settings, stack.engine, Path(tmp) / "v2", "Version two.")
-            env = {
-                "LLM_PROVIDER": "scripted", "SCRIPTED_DELAY_S": "0", "SEARCH_BACKEND": "none",
-                "RESEARCH_MODE": "never", "LOG_LEVEL": "WARNING", "PATH": "/usr/bin:/bin",
-                "TEMPORAL_ADDRESS": settings.temporal_address,
-                "CREWLINE_DATA_DIR": str(settings.data_dir),
-                "CREWLINE_TASK_QUEUE": settings.task_queue,
-            }  # fmt: skip
-            workers = [
-                subprocess.Popen([sys.executable, "-m", "cli", "worker", "--version", v], env=env)
-                for v in (v1, v2)
-            ]
-            try:
-                while True:
-                    live = await deployment.live_workers(stack.client, settings)
-                    if live.get(v1) and live.get(v2):
-                        break
-                    await asyncio.sleep(0.2)
-                await activation.activate(stack.client, settings, stack.engine, v1)
-                after_rollback, steady = [], []
-                for _ in range(rounds):
-                    await activation.activate(stack.client, settings, stack.engine, v2)
-                    await activation.rollback(stack.client, settings, stack.engine)
-                    after_rollback.append(await _first_step_on(stack, v1))
-                    steady.append(await _first_step_on(stack, v1))
-            finally:
-                for worker in workers:
-                    worker.terminate()
-                    worker.wait()
+        async with two_versions(Path(tmp), 0.0) as (stack, v1, v2):
+            after_rollback, steady = [], []
+            for _ in range(rounds):
+                await activation.activate(stack.client, stack.settings, stack.engine, v2)
+                await activation.rollback(stack.client, stack.settings, stack.engine)
+                after_rollback.append(await _first_step_on(stack, v1))
+                steady.append(await _first_step_on(stack, v1))
     after = {k: v * 1000 for k, v in percentiles(after_rollback).items()}
     steady_ms = {k: v * 1000 for k, v in percentiles(steady).items()}
     ratio = statistics.median(after_rollback) / statistics.median(steady)
