@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+from api import errors
 from api.routes import costs, health, runs, shadow, versions
 from crewline.db import make_engine
 from crewline.settings import Settings
@@ -39,6 +41,7 @@ def create_app(
         description="Durable multi-agent AI workflows on Temporal.",
         lifespan=lifespan,
     )
+    app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.include_router(runs.router)
     app.include_router(costs.router)
     app.include_router(shadow.router)  # before versions: /versions/shadow is not an id

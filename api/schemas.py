@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+import re
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from crewline.statuses import TERMINAL_STATUSES
 
 MAX_QUERY_CHARS = 4000
+MAX_OFFSET = 1_000_000
+_PLAIN_DECIMAL = re.compile(r"^[+-]?[0-9]+(\.[0-9]+)?$")
+_ISO_START = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _plain_decimal(value: object) -> object:
+    """Money as a plain decimal: no "5_0", no non-ASCII digits, nothing non-finite."""
+    if isinstance(value, str) and not _PLAIN_DECIMAL.match(value.strip()):
+        raise ValueError("must be a plain decimal number such as 0.50")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _iso_utc(value: object) -> datetime:
+    """ISO 8601 date or date-time; without a zone it is UTC. Numbers are not timestamps here."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and _ISO_START.match(value.strip()):
+        try:
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("is not a valid ISO 8601 date or date-time") from None
+    else:
+        raise ValueError(
+            "must be an ISO 8601 date or date-time, e.g. 2026-11-01 or 2026-11-01T09:00Z"
+        )
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+Money = Annotated[Decimal, BeforeValidator(_plain_decimal)]
+Timestamp = Annotated[datetime, BeforeValidator(_iso_utc)]
 
 
 class RunStatus(StrEnum):
@@ -32,7 +66,7 @@ TERMINAL = {RunStatus(s) for s in TERMINAL_STATUSES}
 class RunCreate(BaseModel):
     query: str = Field(max_length=MAX_QUERY_CHARS, description="What the agents should do")
     # Upper bound (MAX_BUDGET_USD) is a setting, checked by the handler.
-    budget_usd: Decimal | None = Field(default=None, gt=0, decimal_places=6)
+    budget_usd: Money | None = Field(default=None, gt=0, decimal_places=6, allow_inf_nan=False)
     dry_run: bool = Field(
         default=False,
         description="side-effect tools record what they would do (intents) instead of acting",
@@ -47,7 +81,7 @@ class RunCreate(BaseModel):
 
 
 class BudgetRaiseIn(BaseModel):
-    budget_usd: Decimal = Field(gt=0, decimal_places=6)
+    budget_usd: Money = Field(gt=0, decimal_places=6, allow_inf_nan=False)
 
 
 class RunLinks(BaseModel):

@@ -173,6 +173,7 @@ async def test_paused_run_resumes_when_the_budget_is_raised(
         assert fake_groq.count("coder") == 0
         lower = await api.post(f"/runs/{run_id}/budget", json={"budget_usd": "0.001"})
         assert lower.status_code == 409 and "above the current" in lower.text
+        assert lower.json()["detail"].startswith("new budget must be above")  # no exception name
         over = await api.post(f"/runs/{run_id}/budget", json={"budget_usd": "1000"})
         assert over.status_code == 422 and "MAX_BUDGET_USD" in over.text
         raised = await api.post(f"/runs/{run_id}/budget", json={"budget_usd": "0.01"})

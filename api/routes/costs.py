@@ -8,19 +8,20 @@ step fits — sees it at once, and a run paused for budget resumes.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from activities import store
 from api.deps import EngineDep, SettingsDep, TemporalDep
 from api.routes.runs import check_budget_cap, not_found
 from api.schemas import (
+    MAX_OFFSET,
     TERMINAL,
     BudgetRaiseIn,
     CallOut,
@@ -28,6 +29,7 @@ from api.schemas import (
     CostReport,
     RunCosts,
     RunStatus,
+    Timestamp,
 )
 from costs.ledger import GroupBy, calls_of, grouped
 from crewline.db import get_run, steps_of
@@ -65,10 +67,14 @@ def run_costs(run_id: str, engine: EngineDep) -> RunCosts:
 def cost_report(
     engine: EngineDep,
     group_by: GroupBy = "agent",
-    since: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
-    until: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
+    since: Annotated[
+        Timestamp | None, Query(description="inclusive, ISO 8601; no zone means UTC")
+    ] = None,
+    until: Annotated[
+        Timestamp | None, Query(description="exclusive, ISO 8601; no zone means UTC")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> CostReport:
     if since and until and since >= until:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since must be before until")
@@ -107,7 +113,9 @@ async def raise_budget(
         )
         state: BudgetState = await asyncio.wait_for(update, timeout=UPDATE_TIMEOUT_S)  # type: ignore[arg-type]
     except WorkflowUpdateFailedError as exc:  # the workflow's validator said no
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc.cause or exc)) from None
+        cause = exc.cause
+        message = cause.message if isinstance(cause, ApplicationError) else "the run refused it"
+        raise HTTPException(status.HTTP_409_CONFLICT, message) from None
     except TimeoutError:
         raise HTTPException(
             status.HTTP_504_GATEWAY_TIMEOUT, "no worker answered; is a worker running?"

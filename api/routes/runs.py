@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import EngineDep, SettingsDep, TemporalDep
 from api.schemas import (
+    MAX_OFFSET,
     TERMINAL,
     ArtifactOut,
     DivergenceOut,
@@ -155,7 +156,7 @@ async def create_run(
     engine: EngineDep,
     client: TemporalDep,
     background: BackgroundTasks,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> RunAccepted:
     try:
         provider = settings.provider()
@@ -227,7 +228,7 @@ def list_runs(
     engine: EngineDep,
     status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     shadows: Annotated[bool, Query(description="include shadow runs")] = False,
 ) -> RunPage:
     with Session(engine) as session:

@@ -1,0 +1,46 @@
+"""One error shape, safe to send: `{"detail": [...]}` for validation, `{"detail": "message"}`
+otherwise. A validation error never echoes more than a short prefix of the input, and never a
+value JSON cannot encode (NaN, Infinity): a 50 MB query does not come back as a 52 MB error."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+MAX_ECHO = 80
+
+
+def safe(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**53 else str(value)[:MAX_ECHO]
+    if isinstance(value, float | Decimal):
+        return str(value) if not math.isfinite(value) else float(value)
+    if isinstance(value, str):
+        return value if len(value) <= MAX_ECHO else value[:MAX_ECHO] + f"… ({len(value)} chars)"
+    if depth < 2 and isinstance(value, dict):
+        return {str(k)[:MAX_ECHO]: safe(v, depth + 1) for k, v in list(value.items())[:10]}
+    if depth < 2 and isinstance(value, list | tuple):
+        return [safe(v, depth + 1) for v in list(value)[:10]]
+    return str(value)[:MAX_ECHO]
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = []
+    for error in exc.errors():
+        item = {
+            "loc": list(error.get("loc", ())),
+            "msg": error.get("msg"),
+            "type": error.get("type"),
+        }
+        if "input" in error:
+            item["input"] = safe(error["input"])
+        detail.append(item)
+    return JSONResponse(status_code=422, content={"detail": detail})
