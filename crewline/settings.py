@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     def resolved_api_url(self) -> str:
         return self.api_url or f"http://{self.api_host}:{self.api_port}"
 
+    def secrets(self) -> list[str]:
+        """The secret values configured here (for redaction; never to be logged)."""
+        keys = (self.groq_api_key, self.llm_api_key)
+        return [k.get_secret_value() for k in keys if k is not None]
+
     def provider(self) -> ProviderName:
         """The provider to use, or a `ConfigurationError` that says what to set."""
         if self.llm_provider is not None:

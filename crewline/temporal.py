@@ -76,6 +76,17 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+# Variables a child server must not inherit: provider keys and anything named like a secret.
+_SECRET_NAME = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+
+
+def server_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for the Temporal server child: this one without secrets (it needs none,
+    and a crash dump or a `ps e` would show them)."""
+    source = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in source.items() if not any(part in k.upper() for part in _SECRET_NAME)}
+
+
 def port_open(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -170,8 +181,9 @@ class DevServer:
         log = self.log_file.open("ab")
         # Popen returns at once (fork/exec); the wait for readiness below is async.
         self.process = subprocess.Popen(  # noqa: ASYNC220
-            self.command(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
-        )
+            self.command(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+            env=server_env(),
+        )  # fmt: skip
         log.close()
         deadline = asyncio.get_running_loop().time() + timeout_s
         while asyncio.get_running_loop().time() < deadline:

@@ -182,13 +182,8 @@ def _walk(root: Path, package: str) -> tuple[dict[str, bytes], list[str]]:
     return found, skipped
 
 
-def _configured_secrets(settings: Settings) -> list[str]:
-    keys = (settings.groq_api_key, settings.llm_api_key)
-    return [k.get_secret_value() for k in keys if k is not None]
-
-
 def check_no_secrets(contents: dict[str, bytes], settings: Settings) -> None:
-    secrets = _configured_secrets(settings)
+    secrets = settings.secrets()
     for rel, data in sorted(contents.items()):
         kind = find_secret(data.decode("utf-8", errors="replace"), secrets)
         if kind is not None:
