@@ -17,7 +17,7 @@ def configure() -> Settings:
     from crewline.logging import configure_logging
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json, secrets=settings.secrets())
+    configure_logging(settings.log_level, settings.log_json, redact=settings.secrets())
     return settings
 
 

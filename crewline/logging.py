@@ -40,8 +40,9 @@ class Redactor:
 
 
 def configure_logging(
-    level: str = "INFO", json: bool = False, *, secrets: Iterable[str] = ()
+    level: str = "INFO", json: bool = False, *, redact: Iterable[str] = ()
 ) -> None:
+    """`redact`: values to cut out of every line (the configured keys)."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if json
@@ -64,7 +65,7 @@ def configure_logging(
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared, processor=Redactor(renderer, secrets)
+            foreign_pre_chain=shared, processor=Redactor(renderer, redact)
         )
     )
     root = logging.getLogger()

@@ -55,7 +55,7 @@ async def test_a_huge_input_is_not_echoed_back(api: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize("as_json", [False, True])
 def test_secrets_never_reach_a_log_line(as_json: bool, capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("DEBUG", as_json, secrets=[KEY])
+    configure_logging("DEBUG", as_json, redact=[KEY])
     try:
         log = structlog.get_logger(f"test.redaction.{as_json}")
         log.info("calling provider", header=f"Authorization: Bearer {KEY}", key=KEY)

@@ -136,14 +136,15 @@ def decide(engine: Engine, settings: Settings, run_id: str) -> Decision:
         return Decision(False, why_not="no shadow candidate")
     if not sampled(run_id, config.salt, config.rate):
         return Decision(False, config.candidate, why_not="not sampled")
-    left = settings.shadow_daily_cap_usd - spent_today(engine)
+    spent = spent_today(engine)
+    left = settings.shadow_daily_cap_usd - spent
     if left <= 0:
-        return Decision(False, config.candidate, why_not=pause_reason(settings, engine))
+        return Decision(False, config.candidate, why_not=pause_reason(settings, spent))
     return Decision(True, config.candidate, budget_usd=left)
 
 
-def pause_reason(settings: Settings, engine: Engine) -> str | None:
-    spent = spent_today(engine)
+def pause_reason(settings: Settings, spent: Decimal) -> str | None:
+    """Why sampling is paused at today's shadow spend `spent`, or None if it is not."""
     if spent < settings.shadow_daily_cap_usd:
         return None
     return (

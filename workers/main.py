@@ -146,7 +146,7 @@ def main() -> None:
     from crewline.process import exit_hard
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json, secrets=settings.secrets())
+    configure_logging(settings.log_level, settings.log_json, redact=settings.secrets())
     asyncio.run(run_worker(settings))
     exit_hard(0)
 

@@ -40,12 +40,13 @@ class ShadowState(BaseModel):
 
 def state(settings: Settings, engine: Engine) -> ShadowState:
     config = shadow.get_config(engine)
+    spent = shadow.spent_today(engine)
     return ShadowState(
         candidate=config.candidate,
         rate=config.rate,
-        paused=shadow.pause_reason(settings, engine) if config.candidate else None,
+        paused=shadow.pause_reason(settings, spent) if config.candidate else None,
         daily_cap_usd=settings.shadow_daily_cap_usd,
-        spent_today_usd=shadow.spent_today(engine),
+        spent_today_usd=spent,
     )
 
 
@@ -120,9 +121,10 @@ async def calibrate(
         )
     if not recent:
         raise HTTPException(status.HTTP_409_CONFLICT, "no completed run to re-run yet")
-    left = settings.shadow_daily_cap_usd - shadow.spent_today(engine)
+    spent = shadow.spent_today(engine)
+    left = settings.shadow_daily_cap_usd - spent
     if left <= 0:
-        raise HTTPException(status.HTTP_409_CONFLICT, shadow.pause_reason(settings, engine))
+        raise HTTPException(status.HTTP_409_CONFLICT, shadow.pause_reason(settings, spent))
     started = []
     for run in recent:
         run_id = f"{run.run_id}-calib-{uuid.uuid4().hex[:6]}"

@@ -6,6 +6,7 @@ its errors to status codes. Temporal unreachable is a 503 and changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
@@ -93,16 +94,7 @@ def _known(engine: EngineDep, version_id: str) -> registry.VersionRow:
 
 
 def _out(result: ActivationResult, reason: str | None, by: str | None) -> ActivationOut:
-    return ActivationOut(
-        action=result.action,
-        from_version=result.from_version,
-        to_version=result.to_version,
-        changed=result.changed,
-        moved_runs=result.moved_runs,
-        at=result.at,
-        reason=reason,
-        by=by,
-    )
+    return ActivationOut(**dataclasses.asdict(result), reason=reason, by=by)
 
 
 @router.get("", response_model=VersionList)
@@ -126,7 +118,9 @@ async def list_versions(
         active=state.current,
         candidate=config.candidate,
         shadow_rate=config.rate,
-        shadow_paused=shadow.pause_reason(settings, engine) if config.candidate else None,
+        shadow_paused=(
+            shadow.pause_reason(settings, shadow.spent_today(engine)) if config.candidate else None
+        ),
         deployment_token=state.conflict_token.hex(),
         items=items,
     )
