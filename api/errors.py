@@ -11,8 +11,31 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 MAX_ECHO = 80
+
+
+class Message(BaseModel):
+    """Every error but a validation error: one sentence saying what to do."""
+
+    detail: str
+
+
+_MEANING = {
+    400: "the request cannot be served as sent",
+    404: "no such resource (or one this key may not see)",
+    409: "the request conflicts with the current state; the message says which",
+    413: "the request body is over the limit",
+    429: "over this key's limits; retry after `Retry-After` seconds",
+    503: "a dependency (Temporal, the provider configuration) is unavailable; nothing changed",
+    504: "no worker answered in time",
+}
+
+
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error codes, each with the `{"detail": "..."}` body."""
+    return {code: {"model": Message, "description": _MEANING[code]} for code in codes}
 
 
 def safe(value: Any, depth: int = 0) -> Any:
@@ -29,6 +52,14 @@ def safe(value: Any, depth: int = 0) -> Any:
     if depth < 2 and isinstance(value, list | tuple):
         return [safe(v, depth + 1) for v in list(value)[:10]]
     return str(value)[:MAX_ECHO]
+
+
+def invalid(loc: tuple[str, ...], msg: str, value: Any = None) -> RequestValidationError:
+    """A check the schema cannot express, answered in the validation-error shape (422, a list)."""
+    error: dict[str, Any] = {"loc": loc, "msg": msg, "type": "value_error"}
+    if value is not None:
+        error["input"] = value
+    return RequestValidationError([error])
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:

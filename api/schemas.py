@@ -5,24 +5,32 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+)
 
 from crewline.statuses import TERMINAL_STATUSES
 
 MAX_QUERY_CHARS = 4000
 MAX_OFFSET = 1_000_000
-_PLAIN_DECIMAL = re.compile(r"^[+-]?[0-9]+(\.[0-9]+)?$")
+_PLAIN_DECIMAL = re.compile(r"^[+-]?[0-9]+(\.[0-9]{1,6})?$")
 _ISO_START = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _plain_decimal(value: object) -> object:
     """Money as a plain decimal: no "5_0", no non-ASCII digits, nothing non-finite."""
     if isinstance(value, str) and not _PLAIN_DECIMAL.match(value.strip()):
-        raise ValueError("must be a plain decimal number such as 0.50")
+        raise ValueError("must be a plain decimal number such as 0.50, at most 6 decimal places")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("must be a finite number")
     return value
@@ -44,7 +52,28 @@ def _iso_utc(value: object) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-Money = Annotated[Decimal, BeforeValidator(_plain_decimal)]
+# What OpenAPI says a money field takes (Pydantic's own schema for Decimal names no format).
+_MONEY_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0.000001, "maximum": 1e12},
+        {"type": "string", "pattern": r"^\+?(?=[0-9.]*[1-9])[0-9]{1,12}(\.[0-9]{1,6})?$"},
+    ],
+    "description": 'USD, e.g. "0.50": a string with at most 6 decimal places, or a number '
+    "(rounded to 6 places)",
+}
+MICRO = Decimal("0.000001")
+
+
+def _micro(value: Decimal) -> Decimal:
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= -6:
+        return value  # "0.01" stays "0.01"
+    return value.quantize(MICRO, rounding=ROUND_HALF_EVEN)
+
+
+Money = Annotated[
+    Decimal, BeforeValidator(_plain_decimal), AfterValidator(_micro), WithJsonSchema(_MONEY_SCHEMA)
+]
 Timestamp = Annotated[datetime, BeforeValidator(_iso_utc)]
 
 
@@ -64,24 +93,28 @@ TERMINAL = {RunStatus(s) for s in TERMINAL_STATUSES}
 
 
 class RunCreate(BaseModel):
-    query: str = Field(max_length=MAX_QUERY_CHARS, description="What the agents should do")
+    query: str = Field(
+        max_length=MAX_QUERY_CHARS, pattern=r"\S", description="What the agents should do"
+    )
     # Upper bound (MAX_BUDGET_USD) is a setting, checked by the handler.
-    budget_usd: Money | None = Field(default=None, gt=0, decimal_places=6, allow_inf_nan=False)
-    dry_run: bool = Field(
+    budget_usd: Money | None = Field(default=None, gt=0, allow_inf_nan=False)
+    dry_run: StrictBool = Field(
         default=False,
         description="side-effect tools record what they would do (intents) instead of acting",
     )
 
-    @field_validator("query")
+    @field_validator("query", mode="before")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must not be empty")
-        return value.strip()
+    def _not_blank(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("query must not be empty")
+            return value.strip()
+        return value
 
 
 class BudgetRaiseIn(BaseModel):
-    budget_usd: Money = Field(gt=0, decimal_places=6, allow_inf_nan=False)
+    budget_usd: Money = Field(gt=0, allow_inf_nan=False)
 
 
 class RunLinks(BaseModel):

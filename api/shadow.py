@@ -69,6 +69,7 @@ async def start_shadow_run(
     row = Run(
         run_id=run_id, query=primary.query, budget_usd=budget_usd,
         provider=primary.provider, dry_run=True, shadow_of=primary.run_id,
+        key_id=primary.key_id,
     )  # fmt: skip
     await run_in_threadpool(_insert, engine, row)
     try:

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 VERSION_ID_PATTERN = r"^snap-[0-9a-f]{12}$"
 
@@ -68,16 +68,16 @@ class SnapshotOut(VersionSummary):
 
 class ChangeIn(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
-    move_inflight: bool = Field(
+    move_inflight: StrictBool = Field(
         default=False,
         description="also re-pin the open runs of the version being left onto the target",
     )
-    force: bool = Field(
+    force: StrictBool = Field(
         default=False, description="move in-flight runs even if the workflow code differs"
     )
     if_token: str | None = Field(
         default=None,
-        pattern=r"^[0-9a-fA-F]{0,256}$",
+        pattern=r"^(?:[0-9a-fA-F]{2}){0,128}$",
         description="`deployment_token` from GET /versions: fail (409) if anything changed since",
     )
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import free_port, percentiles
+from bench.harness import BENCH_AUTH, BENCH_KEY, free_port, percentiles
 from crewline.settings import Settings
 
 
@@ -29,6 +29,9 @@ def _env(settings: Settings, port: int) -> dict[str, str]:
         CREWLINE_TASK_QUEUE="bench-api-only",
         API_PORT=str(port),
         LOG_LEVEL="WARNING",
+        CREWLINE_ADMIN_KEY=BENCH_KEY,
+        KEY_MAX_RUNS_IN_FLIGHT="1000000",
+        KEY_RUNS_PER_MINUTE="1000000",
     )
     return env
 
@@ -44,7 +47,7 @@ async def post_latency(settings: Settings, clients: int, per_client: int) -> dic
     try:
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
+            base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30, headers=BENCH_AUTH
         ) as http:
             for _ in range(200):  # wait for the API to listen
                 try:

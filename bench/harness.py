@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -26,6 +27,10 @@ from crewline.settings import Settings
 from crewline.temporal import DevServer
 from workers.main import build_worker
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
+
+# The admin key of every benchmark API (a throwaway, local to the run).
+BENCH_KEY = "bench-admin-key-0123456789"
+BENCH_AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
 
 Runner = Callable[[], Awaitable[object]]
 
@@ -99,6 +104,10 @@ async def embedded_stack(
             SEARCH_BACKEND="none",
             RESEARCH_MODE="never",
             LOG_LEVEL="WARNING",
+            CREWLINE_ADMIN_KEY=SecretStr(BENCH_KEY),
+            # The benchmarks start more runs than a key may by default; the limit check still runs.
+            KEY_MAX_RUNS_IN_FLIGHT=1_000_000,
+            KEY_RUNS_PER_MINUTE=1_000_000,
             _env_file=None,  # type: ignore[call-arg]
         )
         client = await Client.connect(server.address, data_converter=pydantic_data_converter)

@@ -22,7 +22,7 @@ import httpx
 import uvicorn
 
 from api.app import create_app
-from bench.harness import free_port, percentiles
+from bench.harness import BENCH_AUTH, free_port, percentiles
 from bench.versions import two_versions
 from cli.stack import _ApiServer
 from versioning import shadow
@@ -47,7 +47,9 @@ async def main(runs: int, delay_s: float) -> None:
             while not server.started:
                 await asyncio.sleep(0.05)
             off, on = [], []
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", headers=BENCH_AUTH
+            ) as http:
                 await _one(http)  # warm-up
                 for _ in range(runs):
                     shadow.set_config(stack.engine, None, 0.0, None)

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 
+from crewline import keys
 from crewline.process import exit_hard
 from crewline.settings import Settings
 
@@ -20,7 +21,9 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def api_client(settings: Settings, timeout: float = 10) -> httpx.Client:
-    return httpx.Client(base_url=settings.resolved_api_url, timeout=timeout)
+    key = keys.local_key(settings)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=settings.resolved_api_url, timeout=timeout, headers=headers)
 
 
 def request(
@@ -35,6 +38,12 @@ def request(
         fail(
             f"cannot reach the crewline API at {settings.resolved_api_url}; start the stack with "
             "`make up` (or `crewline up`), or set CREWLINE_API_URL"
+        )
+    if response.status_code == 401:
+        fail(
+            "the API refused the key: set CREWLINE_API_KEY to a valid key (an admin makes one "
+            "with `crewline keys create --scope run --name NAME`); on the machine running "
+            f"`crewline up`, the admin key is in {keys.key_file(settings)} (HTTP 401)"
         )
     if response.status_code >= 400:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import runs, services, shadow, versions
+from cli import keys, runs, services, shadow, versions
 
 app = typer.Typer(
     help="crewline: durable multi-agent AI workflows on Temporal.", no_args_is_help=True
@@ -21,6 +21,7 @@ app.command()(services.worker)
 app.command()(services.api)
 app.add_typer(versions.app, name="version")
 app.add_typer(shadow.app, name="shadow")
+app.add_typer(keys.app, name="keys")
 
 
 def main() -> None:

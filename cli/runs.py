@@ -179,12 +179,14 @@ def budget(run_id: str, usd: Annotated[str, typer.Argument(help="New budget in U
 
 
 def costs(
-    by: Annotated[str, typer.Option("--by", help="agent | model | day | run | version")] = "agent",
+    by: Annotated[
+        str, typer.Option("--by", help="agent | model | day | run | version | key")
+    ] = "agent",
     since: Annotated[str | None, typer.Option(help="ISO date/time, inclusive")] = None,
     until: Annotated[str | None, typer.Option(help="ISO date/time, exclusive")] = None,
     limit: Annotated[int, typer.Option()] = 50,
 ) -> None:
-    """Spend grouped by agent, model, day, run or version."""
+    """Spend grouped by agent, model, day, run, version or API key."""
     settings = Settings()
     params: dict[str, Any] = {"group_by": by, "limit": limit}
     if since:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import structlog
 import uvicorn
@@ -28,6 +29,7 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 
 from api.app import create_app
+from crewline import keys
 from crewline.db import make_engine
 from crewline.settings import Settings
 from crewline.temporal import DevServer, connect, die_with_parent, port_open
@@ -46,6 +48,17 @@ class _ApiServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # else serve() returns, and the caller sees the task end
+            self.ready.set()
+
+    @property
+    def ready(self) -> asyncio.Event:
+        if not hasattr(self, "_ready"):
+            self._ready = asyncio.Event()
+        return self._ready
 
 
 class WorkerChildren:
@@ -157,6 +170,15 @@ def _tree_notice(settings: Settings, active: str) -> str:
     )
 
 
+def _key_notice(settings: Settings) -> str:
+    if settings.admin_key is not None:
+        return "admin key from CREWLINE_ADMIN_KEY"
+    path = keys.key_file(settings)
+    if path.is_file():
+        return f"admin key in {path.resolve()} (mode 0600; the CLI here uses it)"
+    return "set CREWLINE_API_KEY (`crewline keys create` on the server makes one)"
+
+
 def _banner(settings: Settings, server: DevServer, active: str) -> str:
     provider = settings.provider()
     label = " (offline canned answers, not a real model)" if provider == "scripted" else ""
@@ -167,6 +189,7 @@ def _banner(settings: Settings, server: DevServer, active: str) -> str:
         f"  Temporal  {server.address}   (history: {server.db_file})\n"
         f"  Version   {active} (active; `crewline version list`)\n"
         f"  Data      {settings.data_dir.resolve()}\n"
+        f"  API key   {_key_notice(settings)}\n"
         f'Try:  .venv/bin/crewline run "Build a snake game"      Ctrl-C stops everything.'
         + _tree_notice(settings, active)
     )
@@ -196,7 +219,12 @@ async def run_stack(settings: Settings) -> None:
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         )
         api_task = asyncio.create_task(api.serve())
-        await asyncio.sleep(0.5)
+        # The banner only once the API answers (or has failed to start: then its error shows).
+        await asyncio.wait(
+            {api_task, asyncio.create_task(api.ready.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if api_task.done():
+            await api_task
         print(_banner(settings, server, active), flush=True)
         await asyncio.wait(
             {api_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED

@@ -16,9 +16,9 @@ from sqlalchemy import Engine, String, cast, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from crewline.db import LedgerEntry, from_pico, session_scope
+from crewline.db import LedgerEntry, Run, from_pico, session_scope
 
-GroupBy = Literal["agent", "model", "day", "run", "version"]
+GroupBy = Literal["agent", "model", "day", "run", "version", "key"]
 
 
 def record_call(
@@ -30,6 +30,9 @@ def record_call(
     ledger and what it is attributed to commit together or not at all — and in one write.
     """
     with session_scope(engine) as session:
+        if entry.key_id is None:  # attributed to the key that started the run
+            started_by = select(Run.key_id).where(Run.run_id == entry.run_id)
+            entry.key_id = session.exec(started_by).first()
         try:
             with session.begin_nested():
                 session.add(entry)
@@ -64,6 +67,7 @@ def grouped(
     until: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
+    key_id: str | None = None,
 ) -> tuple[list[dict[str, Any]], Decimal, int]:
     """Totals per group, biggest spend first; plus the grand total and the number of groups."""
     key: Any = {
@@ -72,8 +76,11 @@ def grouped(
         "run": LedgerEntry.run_id,
         "version": func.coalesce(LedgerEntry.version, "unversioned"),
         "day": func.substr(cast(col(LedgerEntry.created_at), String), 1, 10),
+        "key": func.coalesce(LedgerEntry.key_id, "none"),
     }[group_by]
     filters = []
+    if key_id is not None:
+        filters.append(col(LedgerEntry.key_id) == key_id)
     if since is not None:
         filters.append(col(LedgerEntry.created_at) >= since)
     if until is not None:

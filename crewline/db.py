@@ -47,6 +47,8 @@ class Run(SQLModel, table=True):
     dry_run: bool | None = None
     # A shadow run: the primary run it re-ran on the candidate version.
     shadow_of: str | None = Field(default=None, index=True, max_length=64)
+    # The API key that started it (its public id; a shadow carries its primary's).
+    key_id: str | None = Field(default=None, index=True, max_length=32)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -142,11 +144,28 @@ class LedgerEntry(SQLModel, table=True):
     price_source: str = Field(max_length=64)
     usage_source: str = Field(max_length=16)  # "reported" | "estimated"
     shadow: bool = False
+    # The API key that started the run (copied from the run row as the row is written).
+    key_id: str | None = Field(default=None, index=True, max_length=32)
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
     @property
     def cost_usd(self) -> Decimal:
         return from_pico(self.cost_pusd)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: only its SHA-256 is stored; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_key"
+
+    key_id: str = Field(primary_key=True, max_length=32)  # public: in logs, rows and answers
+    name: str = Field(max_length=64)
+    scope: str = Field(max_length=16)  # "read" | "run" | "admin"
+    key_sha256: str = Field(unique=True, max_length=64)
+    source: str = Field(default="api", max_length=16)  # "api" | "bootstrap" | "env"
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
 
 
 class BreakerRow(SQLModel, table=True):

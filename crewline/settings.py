@@ -102,6 +102,22 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, alias="API_PORT")
     api_url: str | None = Field(default=None, alias="CREWLINE_API_URL")
 
+    # --- API security -------------------------------------------------------------------------
+    # The key the CLI sends (else CREWLINE_ADMIN_KEY, else the data directory's admin.key).
+    api_key: SecretStr | None = Field(default=None, alias="CREWLINE_API_KEY")
+    # Sets the admin key explicitly instead of the one `crewline up` generates.
+    admin_key: SecretStr | None = Field(default=None, alias="CREWLINE_ADMIN_KEY")
+    key_max_inflight: int = Field(default=20, alias="KEY_MAX_RUNS_IN_FLIGHT", ge=1)
+    key_runs_per_minute: int = Field(default=60, alias="KEY_RUNS_PER_MINUTE", ge=1)
+    # Host headers the API answers; default: the localhost names when bound to loopback, else any.
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        default=None, alias="ALLOWED_HOSTS"
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="ALLOWED_ORIGINS"
+    )
+    max_request_bytes: int = Field(default=64 * 1024, alias="MAX_REQUEST_BYTES", ge=1024)
+
     # --- runs --------------------------------------------------------------------------------
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_json: bool = Field(default=False, alias="LOG_JSON")
@@ -118,6 +134,22 @@ class Settings(BaseSettings):
                 raise ValueError(
                     'must be JSON, e.g. AGENT_MODELS=\'{"coder": "llama-3.3-70b-versatile"}\''
                 ) from exc
+        return value
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):  # ALLOWED_HOSTS=a.example,b.example (or a JSON list)
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("admin_key", "api_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("an API key must be at least 16 characters")
         return value
 
     @field_validator("agent_models")
@@ -145,9 +177,17 @@ class Settings(BaseSettings):
     def resolved_api_url(self) -> str:
         return self.api_url or f"http://{self.api_host}:{self.api_port}"
 
+    @property
+    def resolved_allowed_hosts(self) -> list[str]:
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        if self.api_host in ("127.0.0.1", "localhost", "::1"):
+            return ["localhost", "127.0.0.1", "[::1]", "::1"]
+        return ["*"]
+
     def secrets(self) -> list[str]:
         """The secret values configured here (for redaction; never to be logged)."""
-        keys = (self.groq_api_key, self.llm_api_key)
+        keys = (self.groq_api_key, self.llm_api_key, self.api_key, self.admin_key)
         return [k.get_secret_value() for k in keys if k is not None]
 
     def provider(self) -> ProviderName:

@@ -21,6 +21,9 @@ import sysconfig
 from datetime import timedelta
 from pathlib import Path
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime, TelemetryConfig
@@ -212,3 +215,16 @@ class DevServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+async def has_workflow_pollers(client: Client, settings: Settings) -> bool:
+    """Whether any worker polled the task queue for workflow tasks lately (Temporal keeps pollers
+    of the last few minutes). An update needs one; without it, it waits for nothing."""
+    resp = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=settings.temporal_namespace,
+            task_queue=TaskQueue(name=settings.task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return bool(resp.pollers)

@@ -35,6 +35,9 @@ from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, PipelineRes
 
 REPO = Path(__file__).resolve().parent.parent
 CREWLINE = str(Path(sys.executable).parent / "crewline")
+# Every test's API has this admin key (CREWLINE_ADMIN_KEY); `api` and `run_cli` send it.
+ADMIN_KEY = "test-admin-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 _exit_status = 0
 
 
@@ -107,6 +110,7 @@ def settings(tmp_path: Path, fake_groq: FakeGroq, dev_env: WorkflowEnvironment) 
         LLM_RETRY_BASE_S=0.05,
         LLM_RETRY_CAP_S=0.2,
         LLM_TIMEOUT_S=5,
+        CREWLINE_ADMIN_KEY=ADMIN_KEY,
         _env_file=None,
     )
 
@@ -122,7 +126,9 @@ async def api(client: Client, settings: Settings, engine: Any) -> AsyncIterator[
     app = create_app(settings, client=client, engine=engine)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=AUTH
+        ) as http:
             yield http
 
 
@@ -184,7 +190,12 @@ async def run_cli(
     *args: str, api_url: str, cwd: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """The `crewline` command as a user runs it, against the API at `api_url`."""
-    env = {"CREWLINE_API_URL": api_url, "PATH": "/usr/bin:/bin", **(extra_env or {})}
+    env = {
+        "CREWLINE_API_URL": api_url,
+        "CREWLINE_API_KEY": ADMIN_KEY,
+        "PATH": "/usr/bin:/bin",
+        **(extra_env or {}),
+    }
     proc = await asyncio.create_subprocess_exec(
         CREWLINE, *args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

@@ -12,7 +12,7 @@ from temporalio.worker import Worker
 
 from api.app import create_app
 from crewline.settings import Settings
-from tests.conftest import assert_eventually
+from tests.conftest import AUTH, assert_eventually
 from tests.fakes import FakeGroq, Hang
 
 
@@ -125,7 +125,9 @@ async def test_no_provider_configured_is_503_with_what_to_set(
     app = create_app(bare, client=client, engine=engine)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost", headers=AUTH
+        ) as http,
     ):
         response = await http.post("/runs", json={"query": "Build a snake game"})
         health = await http.get("/health")
@@ -150,7 +152,9 @@ async def test_temporal_down_is_503_and_leaves_no_row(settings: Settings, engine
     app = create_app(unreachable, engine=engine)  # the API starts even while Temporal is down
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost", headers=AUTH
+        ) as http,
     ):
         response = await http.post("/runs", json={"query": "Build a snake game"})
         listed = await http.get("/runs")

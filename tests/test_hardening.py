@@ -48,9 +48,9 @@ async def test_empty_idempotency_key_is_refused(api: httpx.AsyncClient) -> None:
 
 
 async def test_a_huge_input_is_not_echoed_back(api: httpx.AsyncClient) -> None:
-    answer = await api.post("/runs", json={"query": "y" * 200_000})
+    answer = await api.post("/runs", json={"query": "y" * 60_000})  # under the body cap
     assert answer.status_code == 422
-    assert len(answer.content) < 1_000 and "(200000 chars)" in answer.text
+    assert len(answer.content) < 1_000 and "(60000 chars)" in answer.text
 
 
 @pytest.mark.parametrize("as_json", [False, True])

@@ -47,6 +47,12 @@ def _children_of(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def _get(tmp_path: Path, url: str) -> httpx.Response:
+    """A GET with the admin key `crewline up` wrote to the data directory."""
+    key = (tmp_path / "data" / "admin.key").read_text().strip()
+    return httpx.get(url, headers={"Authorization": f"Bearer {key}"})
+
+
 async def _wait_up(tmp_path: Path, log: str) -> None:
     await assert_eventually(lambda: "crewline is up" in (tmp_path / log).read_text(), timeout=60)
 
@@ -78,9 +84,15 @@ async def test_ctrl_c_stops_cleanly_and_next_up_resumes_the_run(tmp_path: Path) 
         )  # fmt: skip
         run_id = run.stdout.strip()
         api = env["CREWLINE_API_URL"]
+        # No key was configured: `up` made an admin key, readable by this user only, and the
+        # CLI on this machine used it.
+        key_file = tmp_path / "data" / "admin.key"
+        assert run.returncode == 0, run.stderr
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert httpx.get(f"{api}/runs/{run_id}").status_code == 401
 
         def planner_started() -> bool:
-            steps = httpx.get(f"{api}/runs/{run_id}").json()["steps"]
+            steps = _get(tmp_path, f"{api}/runs/{run_id}").json()["steps"]
             return len(steps) >= 2
 
         await assert_eventually(planner_started, timeout=30)
@@ -98,23 +110,25 @@ async def test_ctrl_c_stops_cleanly_and_next_up_resumes_the_run(tmp_path: Path) 
         await _wait_up(tmp_path, "up2.log")
 
         def completed() -> bool:
-            return httpx.get(f"{api}/runs/{run_id}").json()["status"] == "COMPLETED"
+            return _get(tmp_path, f"{api}/runs/{run_id}").json()["status"] == "COMPLETED"
 
         await assert_eventually(completed, timeout=60)
-        run_body = httpx.get(f"{api}/runs/{run_id}").json()
+        run_body = _get(tmp_path, f"{api}/runs/{run_id}").json()
         assert [s["status"] for s in run_body["steps"]] == ["COMPLETED"] * 5
         assert "scripted offline provider" in run_body["final_answer"]
         # The first `up` snapshotted the working tree and activated it; the run, started on it,
         # finished on it after the restart.
-        versions = httpx.get(f"{api}/versions").json()
+        versions = _get(tmp_path, f"{api}/versions").json()
         active = versions["active"]
         assert [v["id"] for v in versions["items"]] == [active] and active.startswith("snap-")
         assert run_body["version"] == active and {s["version"] for s in run_body["steps"]} == {
             active
         }
         assert (tmp_path / "data" / "snapshots" / f"{active}.zip").is_file()
-        history = httpx.get(f"{api}/versions/history").json()["items"]
+        history = _get(tmp_path, f"{api}/versions/history").json()["items"]
         assert [(h["action"], h["to_version"]) for h in history] == [("bootstrap", active)]
+        # The restart kept the key: one bootstrap admin key, the same file.
+        assert "created admin key" not in (tmp_path / "up2.log").read_text()
     finally:
         stack.send_signal(signal.SIGINT)
         await asyncio.to_thread(stack.wait, 60)

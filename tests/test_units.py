@@ -150,6 +150,12 @@ def test_docker_compose_is_consistent() -> None:
             f"{name} sets variables crewline does not read: {set(env) - known}"
         )
         assert "GROQ_API_KEY" not in env  # secrets come from .env
+    # Nothing published on every interface by default; the databases not at all.
+    published = {n: s["ports"] for n, s in services.items() if "ports" in s}
+    assert set(published) == {"temporal", "temporal-ui", "api"}
+    for ports in published.values():
+        assert all(p.startswith("${CREWLINE_BIND:-127.0.0.1}:") for p in ports), ports
+    assert "localhost" in services["api"]["environment"]["ALLOWED_HOSTS"]
     images = [s["image"] for s in services.values() if "image" in s]
     assert all(":" in i and not i.endswith(":latest") for i in images)
     assert (REPO / "Dockerfile").is_file()

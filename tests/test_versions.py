@@ -109,6 +109,9 @@ async def test_activate_then_rollback_while_runs_are_in_flight(
         assert f"crewline worker --version {v1}" in refused.json()["detail"]
         assert (await deployment.describe(client, slow)).current == v2
         assert (await api.get("/versions/history")).json()["items"] == history_before
+        # Each change names the key that made it.
+        [admin] = (await api.get("/keys")).json()
+        assert {h["by"] for h in history_before} == {admin["name"]}
     actions = [(h["action"], h["to_version"]) for h in history_before]
     assert actions == [
         ("activate", v2),
@@ -239,7 +242,8 @@ async def test_snapshot_uploads_are_verified(
     refused = await api.post(
         "/versions", content=bundle.zip_bytes(forged), headers=upload["headers"]
     )
-    assert refused.status_code == 422 and "changed after the snapshot" in refused.json()["detail"]
+    assert refused.status_code == 422
+    assert "changed after the snapshot" in refused.json()["detail"][0]["msg"]
     garbage = await api.post("/versions", content=b"not a zip", headers=upload["headers"])
     assert garbage.status_code == 422
     # The server's own agent code, by JSON request.

@@ -13,13 +13,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from activities import store
 from api.deps import EngineDep, SettingsDep, TemporalDep
-from api.routes.runs import check_budget_cap, not_found
+from api.errors import documented, invalid
+from api.routes.runs import check_budget_cap
 from api.schemas import (
     MAX_OFFSET,
     TERMINAL,
@@ -31,20 +32,20 @@ from api.schemas import (
     RunStatus,
     Timestamp,
 )
+from api.security import AUTH_RESPONSES, Runner, RunReader, visible_run
 from costs.ledger import GroupBy, calls_of, grouped
-from crewline.db import get_run, steps_of
+from crewline.db import steps_of
+from crewline.temporal import has_workflow_pollers
 from workflows.models import BudgetRaise, BudgetState
 from workflows.pipeline import AgentPipelineWorkflow
 
-router = APIRouter(tags=["costs"])
+router = APIRouter(tags=["costs"], responses=AUTH_RESPONSES)
 UPDATE_TIMEOUT_S = 15
 
 
-@router.get("/runs/{run_id}/costs", response_model=RunCosts)
-def run_costs(run_id: str, engine: EngineDep) -> RunCosts:
-    run = get_run(engine, run_id)
-    if run is None:
-        raise not_found(run_id)
+@router.get("/runs/{run_id}/costs", response_model=RunCosts, responses=documented(404))
+def run_costs(run_id: str, engine: EngineDep, key: RunReader) -> RunCosts:
+    run = visible_run(engine, key, run_id)
     calls = calls_of(engine, run_id)
     by_agent: dict[str, Decimal] = {}
     for call in calls:
@@ -66,6 +67,7 @@ def run_costs(run_id: str, engine: EngineDep) -> RunCosts:
 @router.get("/costs", response_model=CostReport)
 def cost_report(
     engine: EngineDep,
+    key: RunReader,
     group_by: GroupBy = "agent",
     since: Annotated[
         Timestamp | None, Query(description="inclusive, ISO 8601; no zone means UTC")
@@ -76,11 +78,12 @@ def cost_report(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> CostReport:
-    if since and until and since >= until:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "since must be before until")
+    if since and until and since > until:
+        raise invalid(("query", "until"), "until must be after since", str(until))
     items, total, groups = grouped(
-        engine, group_by, since=since, until=until, limit=limit, offset=offset
-    )
+        engine, group_by, since=since, until=until, limit=limit, offset=offset,
+        key_id=key.runs_of,
+    )  # fmt: skip
     return CostReport(
         group_by=group_by,
         total_usd=total,
@@ -91,22 +94,30 @@ def cost_report(
     )
 
 
-@router.post("/runs/{run_id}/budget")
+@router.post(
+    "/runs/{run_id}/budget",
+    responses=documented(404, 409, 503, 504),
+)
 async def raise_budget(
     run_id: str,
     body: BudgetRaiseIn,
     settings: SettingsDep,
     engine: EngineDep,
     client: TemporalDep,
+    key: Runner,
 ) -> dict[str, str | None]:
-    run = await run_in_threadpool(get_run, engine, run_id)
-    if run is None:
-        raise not_found(run_id)
+    run = await run_in_threadpool(visible_run, engine, key, run_id)
     check_budget_cap(settings, body.budget_usd)
     if RunStatus(run.status) in TERMINAL:
         raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} already ended ({run.status})")
     handle = client.get_workflow_handle_for(AgentPipelineWorkflow.run, run_id)
     try:
+        if not await has_workflow_pollers(client, settings):
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                "no worker is serving runs now, so the run cannot take a new budget; start one "
+                "(`crewline worker`, or `crewline up`) and retry",
+            )
         update = handle.execute_update(
             AgentPipelineWorkflow.raise_budget,  # type: ignore[arg-type]
             BudgetRaise(budget_usd=body.budget_usd),
@@ -116,7 +127,7 @@ async def raise_budget(
         cause = exc.cause
         message = cause.message if isinstance(cause, ApplicationError) else "the run refused it"
         raise HTTPException(status.HTTP_409_CONFLICT, message) from None
-    except TimeoutError:
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         raise HTTPException(
             status.HTTP_504_GATEWAY_TIMEOUT, "no worker answered; is a worker running?"
         ) from None

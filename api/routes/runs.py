@@ -12,7 +12,7 @@ import json
 import uuid
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Header, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
@@ -24,6 +24,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import EngineDep, SettingsDep, TemporalDep
+from api.errors import documented, invalid
 from api.schemas import (
     MAX_OFFSET,
     TERMINAL,
@@ -40,13 +41,20 @@ from api.schemas import (
     ShadowOut,
     StepOut,
 )
+from api.security import (
+    AUTH_RESPONSES,
+    Runner,
+    RunReader,
+    check_run_limits,
+    visible_run,
+)
 from api.shadow import start_shadow_quietly
-from crewline.db import Intent, Run, artifacts_of, get_run, intents_of, session_scope, steps_of
+from crewline.db import Intent, Run, artifacts_of, intents_of, session_scope, steps_of
 from crewline.settings import ConfigurationError, Settings
 from versioning import shadow
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, StepRetry
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], responses=AUTH_RESPONSES)
 
 _TEMPORAL_TERMINAL = {
     WorkflowExecutionStatus.FAILED: RunStatus.FAILED,
@@ -65,10 +73,6 @@ def _links(settings: Settings, run_id: str) -> RunLinks:
         costs=f"/runs/{run_id}/costs",
         temporal_ui=f"{ui}/namespaces/{settings.temporal_namespace}/workflows/{run_id}",
     )
-
-
-def not_found(run_id: str) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} not found")
 
 
 def _run_summary(settings: Settings, run: Run) -> RunOut:
@@ -120,11 +124,18 @@ def _run_detail(settings: Settings, engine: Engine, run: Run) -> RunOut:
 
 def check_budget_cap(settings: Settings, budget: Decimal | None) -> None:
     if budget is not None and budget > settings.max_budget_usd:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+        raise invalid(
+            ("body", "budget_usd"),
             f"budget_usd {budget} is above the maximum of {settings.max_budget_usd} "
             "(MAX_BUDGET_USD)",
+            str(budget),
         )
+
+
+def _known_key(engine: Engine, idempotency_key: str) -> bool:
+    with Session(engine) as session:
+        stmt = select(Run.run_id).where(Run.idempotency_key == idempotency_key)
+        return session.exec(stmt).first() is not None
 
 
 def _claim(engine: EngineDep, run: Run) -> Run:
@@ -149,20 +160,29 @@ def _delete(engine: EngineDep, run_id: str) -> None:
             session.delete(row)
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=RunAccepted)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RunAccepted,
+    responses=documented(409, 429, 503),
+)
 async def create_run(
     body: RunCreate,
     settings: SettingsDep,
     engine: EngineDep,
     client: TemporalDep,
     background: BackgroundTasks,
+    key: Runner,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> RunAccepted:
+    """Start a run. With an `Idempotency-Key`, a retried request answers the run it started."""
     try:
         provider = settings.provider()
     except ConfigurationError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     check_budget_cap(settings, body.budget_usd)
+    if idempotency_key is None or not await run_in_threadpool(_known_key, engine, idempotency_key):
+        await run_in_threadpool(check_run_limits, settings, engine, key)
     budget = body.budget_usd or settings.default_budget_usd
     dry_run = body.dry_run or settings.dry_run
     run = Run(
@@ -172,9 +192,14 @@ async def create_run(
         idempotency_key=idempotency_key,
         provider=provider,
         dry_run=dry_run or None,
+        key_id=key.key_id,
     )
     claimed = await run_in_threadpool(_claim, engine, run)
     if claimed.run_id != run.run_id:
+        if claimed.key_id != key.key_id:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, "Idempotency-Key was already used by another API key"
+            )
         if (
             claimed.query != body.query
             or claimed.budget_usd != budget
@@ -226,21 +251,26 @@ async def create_run(
 def list_runs(
     settings: SettingsDep,
     engine: EngineDep,
+    key: RunReader,
     status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
+    started_by: Annotated[
+        str | None, Query(alias="key", max_length=32, description="only runs this key id started")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     shadows: Annotated[bool, Query(description="include shadow runs")] = False,
 ) -> RunPage:
+    """Newest first. A `run`-scoped key lists only the runs it started."""
+    filters: list[Any] = []
+    if not shadows:
+        filters.append(col(Run.shadow_of).is_(None))
+    if status_filter is not None:
+        filters.append(Run.status == status_filter.value)
+    for only in {key.runs_of, started_by} - {None}:
+        filters.append(Run.key_id == only)
     with Session(engine) as session:
-        stmt = select(Run)
-        count = select(func.count()).select_from(Run)
-        if not shadows:
-            stmt = stmt.where(col(Run.shadow_of).is_(None))
-            count = count.where(col(Run.shadow_of).is_(None))
-        if status_filter is not None:
-            stmt = stmt.where(Run.status == status_filter.value)
-            count = count.where(Run.status == status_filter.value)  # type: ignore[arg-type]
-        total = session.exec(count).one()  # type: ignore[call-overload]
+        stmt = select(Run).where(*filters)
+        total = session.exec(select(func.count()).select_from(Run).where(*filters)).one()
         rows = session.exec(
             stmt.order_by(col(Run.created_at).desc()).offset(offset).limit(limit)
         ).all()
@@ -266,24 +296,26 @@ async def _reconcile(client: TemporalDep, engine: EngineDep, run: Run) -> Run:
     return run
 
 
-@router.get("/{run_id}", response_model=RunOut)
+@router.get("/{run_id}", response_model=RunOut, responses=documented(404))
 async def read_run(
-    run_id: str, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+    run_id: str, settings: SettingsDep, engine: EngineDep, client: TemporalDep, key: RunReader
 ) -> RunOut:
-    run = await run_in_threadpool(get_run, engine, run_id)
-    if run is None:
-        raise not_found(run_id)
+    run = await run_in_threadpool(visible_run, engine, key, run_id)
     # Temporal down: the database view is still worth showing.
     with contextlib.suppress(RPCError, RuntimeError):
         run = await _reconcile(client, engine, run)
     return await run_in_threadpool(_run_detail, settings, engine, run)
 
 
-@router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
-async def cancel_run(run_id: str, engine: EngineDep, client: TemporalDep) -> dict[str, str]:
-    run = await run_in_threadpool(get_run, engine, run_id)
-    if run is None:
-        raise not_found(run_id)
+@router.post(
+    "/{run_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=documented(404, 409, 503),
+)
+async def cancel_run(
+    run_id: str, engine: EngineDep, client: TemporalDep, key: Runner
+) -> dict[str, str]:
+    run = await run_in_threadpool(visible_run, engine, key, run_id)
     if RunStatus(run.status) in TERMINAL:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"run {run_id} already ended with status {run.status}"
@@ -299,27 +331,39 @@ async def cancel_run(run_id: str, engine: EngineDep, client: TemporalDep) -> dic
     return {"run_id": run_id, "status": "CANCELLING"}
 
 
-@router.get("/{run_id}/intents/{intent_id}", response_model=IntentDetail)
-def read_intent(run_id: str, intent_id: int, engine: EngineDep) -> IntentDetail:
+@router.get("/{run_id}/intents/{intent_id}", response_model=IntentDetail, responses=documented(404))
+def read_intent(run_id: str, intent_id: int, engine: EngineDep, key: RunReader) -> IntentDetail:
     """What a dry run's side-effect tool would have done, in full (e.g. a file's content)."""
+    visible_run(engine, key, run_id)
     found = next((i for i in intents_of(engine, run_id) if i.id == intent_id), None)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} has no intent {intent_id}")
     return IntentDetail(**_intent_out(run_id, found).model_dump(), args=json.loads(found.args_json))
 
 
-@router.get("/{run_id}/artifacts", response_model=list[ArtifactOut])
-def list_artifacts(run_id: str, settings: SettingsDep, engine: EngineDep) -> list[ArtifactOut]:
-    run = get_run(engine, run_id)
-    if run is None:
-        raise not_found(run_id)
+@router.get("/{run_id}/artifacts", response_model=list[ArtifactOut], responses=documented(404))
+def list_artifacts(run_id: str, engine: EngineDep, key: RunReader) -> list[ArtifactOut]:
+    visible_run(engine, key, run_id)
     return _artifacts(engine, run_id)
 
 
-@router.get("/{run_id}/artifacts/{path:path}")
+@router.get(
+    "/{run_id}/artifacts/{path:path}",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "the file's bytes, as an attachment",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        **documented(404),
+    },
+)
 def download_artifact(
-    run_id: str, path: str, settings: SettingsDep, engine: EngineDep
+    run_id: str, path: str, settings: SettingsDep, engine: EngineDep, key: RunReader
 ) -> FileResponse:
+    visible_run(engine, key, run_id)
     known = {a.path for a in artifacts_of(engine, run_id)}
     if path not in known:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} has no artifact {path!r}")
@@ -327,4 +371,5 @@ def download_artifact(
     target = (root / path).resolve()
     if root not in target.parents or not target.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"artifact {path!r} is missing on disk")
-    return FileResponse(target, filename=Path(path).name)
+    # Always a download: an agent-written .html must never render in the API's origin.
+    return FileResponse(target, filename=Path(path).name, media_type="application/octet-stream")

@@ -11,23 +11,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat, field_validator
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from api.deps import EngineDep, SettingsDep, TemporalDep
+from api.errors import documented
 from api.routes.versions import VersionId, _known, _temporal
 from api.schemas import DivergenceDetail, DivergenceOut
+from api.security import AUTH_RESPONSES, Admin, Reader
 from api.shadow import start_shadow_run
 from crewline.db import LedgerEntry, Run, from_pico
 from crewline.settings import AGENTS, Settings
 from versioning import deployment, shadow
 
-router = APIRouter(tags=["shadow"])
+router = APIRouter(tags=["shadow"], responses=AUTH_RESPONSES)
 
 
 class ShadowIn(BaseModel):
-    rate: float = Field(ge=0, le=1, allow_inf_nan=False, description="share of runs, 0 stops")
+    rate: StrictFloat = Field(ge=0, le=1, allow_inf_nan=False, description="share of runs, 0 stops")
 
 
 class ShadowState(BaseModel):
@@ -51,13 +53,16 @@ def state(settings: Settings, engine: Engine) -> ShadowState:
 
 
 @router.get("/versions/shadow", response_model=ShadowState)
-def read_shadow(settings: SettingsDep, engine: EngineDep) -> ShadowState:
+def read_shadow(key: Reader, settings: SettingsDep, engine: EngineDep) -> ShadowState:
     """The candidate, its rate, today's shadow spend, and why sampling is paused, if it is."""
     return state(settings, engine)
 
 
-@router.post("/versions/{version_id}/shadow", response_model=ShadowState)
+@router.post(
+    "/versions/{version_id}/shadow", response_model=ShadowState, responses=documented(404, 409, 503)
+)
 async def start_shadowing(
+    key: Admin,
     version_id: VersionId,
     body: ShadowIn,
     settings: SettingsDep,
@@ -80,19 +85,26 @@ async def start_shadowing(
             raise HTTPException(
                 status.HTTP_409_CONFLICT, f"{version_id} is the active version; shadow another"
             )
-    await run_in_threadpool(shadow.set_config, engine, version_id, body.rate, None)
+    await run_in_threadpool(shadow.set_config, engine, version_id, body.rate, key.name)
     return await run_in_threadpool(state, settings, engine)
 
 
 @router.delete("/versions/shadow", response_model=ShadowState)
-def stop_shadowing(settings: SettingsDep, engine: EngineDep) -> ShadowState:
+def stop_shadowing(key: Admin, settings: SettingsDep, engine: EngineDep) -> ShadowState:
     """No more shadow runs (those in flight finish and are compared)."""
-    shadow.set_config(engine, None, 0.0, None)
+    shadow.set_config(engine, None, 0.0, key.name)
     return state(settings, engine)
 
 
 class CalibrateIn(BaseModel):
     runs: int = Field(default=5, ge=1, le=50, description="recent completed runs to re-run")
+
+    @field_validator("runs", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # JSON true is not the integer 1
+            raise ValueError("must be an integer")
+        return value
 
 
 class Calibration(BaseModel):
@@ -100,9 +112,14 @@ class Calibration(BaseModel):
     shadow_runs: list[str]
 
 
-@router.post("/shadow/calibrate", status_code=status.HTTP_202_ACCEPTED, response_model=Calibration)
+@router.post(
+    "/shadow/calibrate",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Calibration,
+    responses=documented(409, 503),
+)
 async def calibrate(
-    body: CalibrateIn, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+    key: Admin, body: CalibrateIn, settings: SettingsDep, engine: EngineDep, client: TemporalDep
 ) -> Calibration:
     """Re-run recent inputs on the active version itself (dry-run, shadow spend): how far two
     honest runs of one version already differ is each agent's noise floor. The verdicts arrive
@@ -135,6 +152,7 @@ async def calibrate(
 
 @router.get("/divergences", response_model=list[DivergenceOut])
 def list_divergences(
+    key: Reader,
     engine: EngineDep,
     version: Annotated[str | None, Query(description="the candidate version")] = None,
     agent: Annotated[str | None, Query()] = None,
@@ -227,8 +245,12 @@ def _report(settings: Settings, engine: Engine, version: str) -> VersionReport:
     )
 
 
-@router.get("/versions/{version_id}/report", response_model=VersionReport)
-def version_report(version_id: VersionId, settings: SettingsDep, engine: EngineDep) -> Any:
+@router.get(
+    "/versions/{version_id}/report", response_model=VersionReport, responses=documented(404)
+)
+def version_report(
+    key: Reader, version_id: VersionId, settings: SettingsDep, engine: EngineDep
+) -> Any:
     """What a person needs to promote or drop a candidate: how its shadow runs went, divergence
     per agent with the worst examples side by side, its spend and latency next to the active's,
     and the runs whose side effects would differ."""

@@ -18,6 +18,8 @@ from pydantic import ValidationError
 from temporalio.service import RPCError
 
 from api.deps import EngineDep, SettingsDep, TemporalDep
+from api.errors import documented, invalid
+from api.security import AUTH_RESPONSES, Admin, Reader
 from api.version_schemas import (
     VERSION_ID_PATTERN,
     ActivationOut,
@@ -48,7 +50,7 @@ from versioning.bundle import (
 )
 from versioning.diff import diff_versions
 
-router = APIRouter(prefix="/versions", tags=["versions"])
+router = APIRouter(prefix="/versions", tags=["versions"], responses=AUTH_RESPONSES)
 VersionId = Annotated[str, Path(pattern=VERSION_ID_PATTERN, examples=["snap-4ba2cc33f458"])]
 T = TypeVar("T")
 
@@ -97,9 +99,9 @@ def _out(result: ActivationResult, reason: str | None, by: str | None) -> Activa
     return ActivationOut(**dataclasses.asdict(result), reason=reason, by=by)
 
 
-@router.get("", response_model=VersionList)
+@router.get("", response_model=VersionList, responses=documented(503))
 async def list_versions(
-    settings: SettingsDep, engine: EngineDep, client: TemporalDep
+    key: Reader, settings: SettingsDep, engine: EngineDep, client: TemporalDep
 ) -> VersionList:
     """Every snapshot, newest first: which is active, live workers, runs served, spend."""
     state = await _temporal(settings, activation.reconcile(client, settings, engine))
@@ -148,7 +150,7 @@ def _store(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=SnapshotOut,
-    responses={200: {"description": "this exact content was already a version"}},
+    responses={200: {"description": "this exact content was already a version"}, **documented(413)},
     openapi_extra={
         "requestBody": {
             "content": {
@@ -159,6 +161,7 @@ def _store(
     },
 )
 async def create_version(
+    key: Admin,
     request: Request,
     response: Response,
     settings: SettingsDep,
@@ -181,7 +184,7 @@ async def create_version(
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     except BundleError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        raise invalid(("body",), str(exc)) from None
     row, created = await run_in_threadpool(_store, settings, engine, bundle, source, note)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     summary = _summary(row, registry.Usage(), None, 0)
@@ -190,7 +193,7 @@ async def create_version(
 
 @router.get("/history", response_model=HistoryOut)
 def version_history(
-    engine: EngineDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    key: Reader, engine: EngineDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> HistoryOut:
     """Every change of the current version, newest first: when, from, to, by whom, why."""
     return HistoryOut(
@@ -210,9 +213,9 @@ def version_history(
     )
 
 
-@router.post("/rollback", response_model=ActivationOut)
+@router.post("/rollback", response_model=ActivationOut, responses=documented(404, 409, 503))
 async def rollback(
-    body: RollbackIn, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+    key: Admin, body: RollbackIn, settings: SettingsDep, engine: EngineDep, client: TemporalDep
 ) -> ActivationOut:
     """Back to the version active before the current one. With `from_version`, a retried
     rollback that already happened answers the same and rolls back nothing more."""
@@ -220,16 +223,21 @@ async def rollback(
         settings,
         activation.rollback(
             client, settings, engine, from_version=body.from_version, reason=body.reason,
+            by=key.name,
             move_inflight=body.move_inflight, force=body.force,
             if_token=bytes.fromhex(body.if_token) if body.if_token else None,
         ),
     )  # fmt: skip
-    return _out(result, body.reason, None)
+    return _out(result, body.reason, key.name)
 
 
-@router.get("/{version_id}", response_model=VersionDetail)
+@router.get("/{version_id}", response_model=VersionDetail, responses=documented(404, 503))
 async def read_version(
-    version_id: VersionId, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+    key: Reader,
+    version_id: VersionId,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
 ) -> VersionDetail:
     """The manifest (files and hashes, model settings, tools) and who serves it now."""
     row = await run_in_threadpool(_known, engine, version_id)
@@ -254,10 +262,13 @@ async def read_version(
 @router.get(
     "/{version_id}/bundle",
     response_class=FileResponse,
-    responses={200: {"content": {"application/zip": {}}, "description": "the snapshot zip"}},
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "the snapshot zip"},
+        **documented(404),
+    },
 )
 def download_bundle(
-    version_id: VersionId, settings: SettingsDep, engine: EngineDep
+    key: Reader, version_id: VersionId, settings: SettingsDep, engine: EngineDep
 ) -> FileResponse:
     """The snapshot zip (e.g. for a worker on another host: `crewline worker --version ID`)."""
     _known(engine, version_id)
@@ -267,8 +278,9 @@ def download_bundle(
     return FileResponse(path, media_type="application/zip", filename=path.name)
 
 
-@router.get("/{a}/diff/{b}", response_model=VersionDiffOut)
+@router.get("/{a}/diff/{b}", response_model=VersionDiffOut, responses=documented(404))
 def diff(
+    key: Reader,
     a: VersionId,
     b: VersionId,
     settings: SettingsDep,
@@ -294,8 +306,11 @@ def diff(
     )
 
 
-@router.post("/{version_id}/activate", response_model=ActivationOut)
+@router.post(
+    "/{version_id}/activate", response_model=ActivationOut, responses=documented(404, 409, 503)
+)
 async def activate(
+    key: Admin,
     version_id: VersionId,
     settings: SettingsDep,
     engine: EngineDep,
@@ -308,17 +323,19 @@ async def activate(
     result = await _temporal(
         settings,
         activation.activate(
-            client, settings, engine, version_id, reason=body.reason,
+            client, settings, engine, version_id, reason=body.reason, by=key.name,
             move_inflight=body.move_inflight, force=body.force,
             if_token=bytes.fromhex(body.if_token) if body.if_token else None,
         ),
     )  # fmt: skip
-    return _out(result, body.reason, None)
+    return _out(result, body.reason, key.name)
 
 
-@router.delete("/{version_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{version_id}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(404, 409, 503)
+)
 async def delete_version(
-    version_id: VersionId, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+    key: Admin, version_id: VersionId, settings: SettingsDep, engine: EngineDep, client: TemporalDep
 ) -> Response:
     """Delete a snapshot that is not active, not the candidate and pinned by no open run."""
     candidate = (await run_in_threadpool(shadow.get_config, engine)).candidate
