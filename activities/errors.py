@@ -17,6 +17,8 @@ import groq
 import openai
 from temporalio.exceptions import ApplicationError
 
+from crewline.secrets import redact
+
 PERMANENT_STATUSES = {400, 401, 403, 404, 422}
 RETRYABLE_STATUSES = {408, 409, 429}
 TIMEOUT_ERRORS = (groq.APITimeoutError, openai.APITimeoutError, TimeoutError)
@@ -59,10 +61,8 @@ def retry_after_seconds(headers: Any) -> float | None:
 
 
 def _redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text[:500]
+    """What may go into an error (workflow history, the run row, logs): no key, and short."""
+    return redact(text, secrets)[:500]
 
 
 def classify(

@@ -15,9 +15,7 @@ from typing import Any
 
 import structlog
 
-from crewline.secrets import KEY_PATTERNS, MIN_SECRET_CHARS
-
-REDACTED = "[redacted]"
+from crewline.secrets import redact
 
 
 class Redactor:
@@ -25,14 +23,10 @@ class Redactor:
 
     def __init__(self, renderer: Any, secrets: Iterable[str]) -> None:
         self._renderer = renderer
-        self._secrets = sorted((s for s in secrets if len(s) >= MIN_SECRET_CHARS), key=len)[::-1]
+        self._secrets = list(secrets)
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        for _, pattern in KEY_PATTERNS:
-            text = pattern.sub(REDACTED, text)
-        return text
+        return redact(text, self._secrets)
 
     def __call__(self, logger: Any, name: str, event: Any) -> Any:
         rendered = self._renderer(logger, name, event)

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 # Formats of keys that must never be written anywhere but the environment.
 KEY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("crewline API key", re.compile(r"\bcrl_[0-9a-f]{8}_[A-Za-z0-9_-]{20,}")),
     ("Groq API key", re.compile(r"\bgsk_[A-Za-z0-9]{20,}")),
     ("OpenAI-style API key", re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}")),
     ("AWS access key id", re.compile(r"\bAKIA[0-9A-Z]{16}\b")),
@@ -19,6 +20,18 @@ KEY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 # A configured secret shorter than this is too likely to occur by chance to be searched for.
 MIN_SECRET_CHARS = 8
+
+
+REDACTED = "[redacted]"
+
+
+def redact(text: str, known: Iterable[str] = ()) -> str:
+    """`text` with every configured secret and anything shaped like a key cut out."""
+    for value in sorted((k for k in known if len(k) >= MIN_SECRET_CHARS), key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    for _, pattern in KEY_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
 
 
 def find_secret(text: str, known: Iterable[str] = ()) -> str | None:

@@ -173,7 +173,11 @@ class FakeGroq:
                     time.sleep(action.seconds)
                     return
                 if isinstance(action, Status):
-                    error = {"error": {"message": action.message, "type": "scripted"}}
+                    # `{authorization}` echoes the request's header, as some providers do.
+                    said = action.message.replace(
+                        "{authorization}", self.headers.get("authorization", "")
+                    )
+                    error = {"error": {"message": said, "type": "scripted"}}
                     self._send(action.code, json.dumps(error), action.headers)
                     return
                 if isinstance(action, Malformed):
