@@ -29,9 +29,11 @@ from activities.research import needs_research, shared_research
 from activities.tools import ToolContext, ToolRegistry
 from activities.tools.files import parse_files
 from activities.tools.search import SearchOutcome
+from costs import ledger
 from costs.pricing import Pricer
 from crewline.db import utcnow
 from crewline.settings import AGENTS, Settings
+from crewline.statuses import TERMINAL_STATUSES
 
 # Outputs handed back to the workflow are stored in its history: keep them bounded. The full
 # text is in the step row.
@@ -273,6 +275,10 @@ class AgentActivities:
             if value is not None:
                 fields[name] = value
         await self._db(store.update_run, update.run_id, **fields)
+        if update.status in TERMINAL_STATUSES:
+            # An attempt whose worker died mid-call and was never retried (the run failed or
+            # was cancelled meanwhile) is charged now, at its worst case.
+            await self._db(ledger.settle_lost, run_id=update.run_id)
         if update.failed_agent:
             await self._db(
                 store.upsert_step, update.run_id, update.failed_agent,

@@ -1,10 +1,14 @@
-"""One metered LLM call inside an agent activity: budget → breaker → call → ledger.
+"""One metered LLM call inside an agent activity: budget → breaker → reservation → call → ledger.
 
-The order matters. The budget reservation comes first (no point probing a provider for a call
-that cannot be paid for); the breaker next (an open circuit fails fast without touching the
-network); then the call itself (the activity heartbeats throughout: `activities/heartbeat.py`).
-Every attempt the provider accepted is written to the ledger exactly once, keyed by (workflow,
-activity, attempt); attempts it rejected (4xx/5xx, connection refused) cost nothing.
+The order matters. The budget plan comes first (no point probing a provider for a call that
+cannot be paid for); the breaker next (an open circuit fails fast without touching the network);
+then the reservation — the attempt's `pending` ledger row at its worst case, durable before the
+request leaves the process, so a worker killed mid-call cannot lose what the provider bills —
+then the call itself (the activity heartbeats throughout: `activities/heartbeat.py`). The row is
+settled with the reported usage, or, for a call cut off after it may have reached the provider
+(timeout, malformed answer, lost connection, cancellation), kept at its worst case and marked
+`estimated` with `cut_off_by`. Only an attempt that provably cost nothing (refused, or an error
+status) is released. One row per (workflow, activity, attempt): nothing is charged twice.
 """
 
 from __future__ import annotations
@@ -25,16 +29,14 @@ from temporalio.exceptions import ApplicationError
 
 from activities import store
 from activities.breaker import BreakerOpenError, BreakerRegistry, CircuitBreaker
-from activities.errors import TIMEOUT_ERRORS, MalformedResponseError, classify
+from activities.errors import classify, cut_off_reason
 from activities.llm import LLMProvider, LLMRequest, LLMResponse
-from costs.budget import BudgetExhaustedError, estimate_tokens, plan_call
-from costs.ledger import cost_of_activity, record_call
+from costs import ledger
+from costs.budget import BudgetExhaustedError, CallPlan, estimate_tokens, plan_call
+from costs.ledger import cost_of_activity
 from costs.pricing import Pricer
 from crewline.db import LedgerEntry, to_pico
 from crewline.settings import Settings
-
-# Failures after which the provider may have done (and billed) the work.
-BILLABLE_FAILURES = (*TIMEOUT_ERRORS, MalformedResponseError)
 
 log = structlog.get_logger("crewline.calls")
 T = TypeVar("T")
@@ -124,7 +126,11 @@ class MeteredCaller:
             ) from None
         breaker = self._breakers.get(self._llm.name, model)
         await self._admit(breaker, run_id, agent, step)
-        await self._db(store.upsert_step, run_id, agent, reserved_usd=plan.reserved_usd, **step)
+        worst = self._worst_case(run_id, agent, model, prompt_estimate, plan, shadow)
+        reserved = functools.partial(
+            store.upsert_step_in, run_id=run_id, agent=agent, reserved_usd=plan.reserved_usd, **step
+        )
+        await self._db(ledger.reserve, worst, then=reserved)
         request = LLMRequest(
             agent=agent, model=model, system=system, user=user,
             max_tokens=plan.max_tokens, temperature=self._settings.llm_temperature, tag=run_id,
@@ -132,17 +138,27 @@ class MeteredCaller:
         try:
             response = await self._llm.complete(request)
         except asyncio.CancelledError:
+            # The request may be at the provider: it stays charged at its worst case.
             breaker.on_abandoned()
-            await self._db(store.upsert_step, run_id, agent, status="CANCELLED", reserved_usd=0)
+            worst.cut_off_by = "cancelled"
+            cancelled = functools.partial(
+                store.upsert_step_in, run_id=run_id, agent=agent, status="CANCELLED",
+                reserved_usd=0,
+            )  # fmt: skip
+            await self._db(ledger.settle, worst, then=cancelled)
             raise
         except Exception as exc:
-            await self._failed(exc, breaker, run_id, agent, model, prompt_estimate, shadow)
+            await self._failed(exc, breaker, run_id, agent, worst)
         await self._moved(breaker, breaker.on_success())
-        cost = await self._ledger(
-            run_id, agent, response, estimated_prompt=prompt_estimate, shadow=shadow,
-            step_fields=None if settle is None else lambda cost: settle(response, spent + cost),
-        )  # fmt: skip
-        return CallOutcome(response, spent + cost, plan.shrunk)
+        entry = self._entry(
+            run_id, agent, response, estimated_prompt=prompt_estimate, shadow=shadow
+        )
+        then = None
+        if settle is not None:
+            fields = settle(response, spent + entry.cost_usd)
+            then = functools.partial(store.upsert_step_in, run_id=run_id, agent=agent, **fields)
+        await self._db(ledger.settle, entry, then=then)
+        return CallOutcome(response, spent + entry.cost_usd, plan.shrunk)
 
     async def _admit(
         self, breaker: CircuitBreaker, run_id: str, agent: str, step: dict[str, Any]
@@ -161,14 +177,7 @@ class MeteredCaller:
             ) from None
 
     async def _failed(
-        self,
-        exc: Exception,
-        breaker: CircuitBreaker,
-        run_id: str,
-        agent: str,
-        model: str,
-        prompt_estimate: int,
-        shadow: bool,
+        self, exc: Exception, breaker: CircuitBreaker, run_id: str, agent: str, worst: LedgerEntry
     ) -> NoReturn:
         error = classify(
             exc,
@@ -184,26 +193,32 @@ class MeteredCaller:
         await self._moved(
             breaker, breaker.on_answer() if error.non_retryable else breaker.on_failure()
         )
-        if isinstance(exc, BILLABLE_FAILURES):
-            # No usage reported, but the provider may have processed the prompt: charge an
-            # offline estimate, marked as such.
-            cut_off = LLMResponse(
-                text="", model=model, provider=self._llm.name,
-                prompt_tokens=None, completion_tokens=None,
-            )  # fmt: skip
-            await self._ledger(
-                run_id, agent, cut_off, estimated_prompt=prompt_estimate, shadow=shadow
-            )
         status = "FAILED" if error.non_retryable else "ERROR"
-        await self._db(
-            store.upsert_step, run_id, agent, status=status, error=error.message, reserved_usd=0
-        )
+        failed = functools.partial(
+            store.upsert_step_in, run_id=run_id, agent=agent, status=status,
+            error=error.message, reserved_usd=0,
+        )  # fmt: skip
+        worst.cut_off_by = cut_off_reason(exc)
+        if worst.cut_off_by is None:  # provably never billed: the reservation goes
+            await self._db(ledger.release, worst, then=failed)
+        else:  # no usage reported, but the provider may have done the work: its worst case
+            await self._db(ledger.settle, worst, then=failed)
         log.warning("agent.call_failed", agent=agent, run_id=run_id, error=error.message)
         # `from None`: the provider exception may echo request details; the classified
         # message is the redacted, actionable one.
         raise error from None
 
-    async def _ledger(
+    def _worst_case(
+        self, run_id: str, agent: str, model: str, prompt: int, plan: CallPlan, shadow: bool
+    ) -> LedgerEntry:
+        """The attempt's row as reserved: the estimated prompt and all of `max_tokens`."""
+        worst = LLMResponse(
+            text="", model=model, provider=self._llm.name,
+            prompt_tokens=prompt, completion_tokens=plan.max_tokens, usage_estimated=True,
+        )  # fmt: skip
+        return self._entry(run_id, agent, worst, estimated_prompt=prompt, shadow=shadow)
+
+    def _entry(
         self,
         run_id: str,
         agent: str,
@@ -211,10 +226,8 @@ class MeteredCaller:
         *,
         estimated_prompt: int,
         shadow: bool = False,
-        step_fields: Callable[[Decimal], dict[str, Any]] | None = None,
-    ) -> Decimal:
-        """Write this attempt's row (once) — with the step row's `step_fields(this attempt's
-        cost)` in the same transaction; returns its cost."""
+    ) -> LedgerEntry:
+        """This attempt's ledger row for `response`."""
         info = activity.info()
         reported = response.prompt_tokens is not None and response.completion_tokens is not None
         prompt = response.prompt_tokens if reported else estimated_prompt
@@ -248,12 +261,7 @@ class MeteredCaller:
             usage_source="reported" if reported and not response.usage_estimated else "estimated",
             shadow=shadow,
         )
-        then = None
-        if step_fields is not None:
-            fields = step_fields(entry.cost_usd)
-            then = functools.partial(store.upsert_step_in, run_id=run_id, agent=agent, **fields)
-        await self._db(record_call, entry, then=then)
-        return entry.cost_usd
+        return entry
 
     async def _moved(self, breaker: CircuitBreaker, moved: bool) -> None:
         # Persisted on transitions only, so /health (maybe another process) can show it.

@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import groq
+import httpx
 import openai
 from temporalio.exceptions import ApplicationError
 
@@ -28,6 +29,24 @@ STATUS_ERRORS = (groq.APIStatusError, openai.APIStatusError)
 
 class MalformedResponseError(Exception):
     """The provider answered 2xx but not with a usable chat completion."""
+
+
+def cut_off_reason(exc: BaseException) -> str | None:
+    """Why a failed call may still have been billed (the provider may have done the work), or
+    None when it provably was not: refused before the request was sent, or answered with an
+    error status."""
+    if isinstance(exc, TIMEOUT_ERRORS):  # before CONNECTION_ERRORS: a timeout is one of them
+        return "timeout"
+    if isinstance(exc, MalformedResponseError):
+        return "malformed"
+    if isinstance(exc, CONNECTION_ERRORS):
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, httpx.ConnectError | ConnectionRefusedError):
+                return None  # never connected: nothing was sent
+            cause = cause.__cause__ or cause.__context__
+        return "connection_lost"
+    return None
 
 
 def backoff_delay(

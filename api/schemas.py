@@ -236,6 +236,14 @@ class CallOut(BaseModel):
     output_per_mtok: Decimal | None
     price_source: str
     usage_source: str
+    state: str = Field(
+        default="settled", description="pending: in flight, its worst case reserved; settled"
+    )
+    cut_off_by: str | None = Field(
+        default=None,
+        description="why an estimated call has no reported usage: timeout, malformed, "
+        "connection_lost, cancelled, worker_lost",
+    )
     shadow: bool
     created_at: datetime
 
@@ -255,6 +263,10 @@ class CostGroup(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_usd: Decimal
+    estimated_calls: int = Field(
+        default=0, description="calls without reported usage (cut off), charged their worst case"
+    )
+    estimated_usd: Decimal = Field(default=Decimal(0), description="what those calls add up to")
 
 
 class CostReport(BaseModel):

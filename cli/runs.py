@@ -194,13 +194,22 @@ def costs(
     if until:
         params["until"] = until
     report = request(settings, "GET", "/costs", params=params)
-    typer.echo(f"{by:<28} {'calls':>6} {'prompt tok':>11} {'compl tok':>10} {'USD':>14}")
+    typer.echo(
+        f"{by:<28} {'calls':>6} {'prompt tok':>11} {'compl tok':>10} {'USD':>14} "
+        f"{'of which estimated':>24}"
+    )
     for item in report["items"]:
+        cut = f"{Decimal(item['estimated_usd']):.6f} ({item['estimated_calls']} calls)"
         typer.echo(
             f"{item['key'][:28]:<28} {item['calls']:>6} {item['prompt_tokens']:>11} "
-            f"{item['completion_tokens']:>10} {Decimal(item['total_usd']):>14.6f}"
+            f"{item['completion_tokens']:>10} {Decimal(item['total_usd']):>14.6f} {cut:>24}"
         )
     typer.echo(f"{'total':<28} {'':>6} {'':>11} {'':>10} {Decimal(report['total_usd']):>14.6f}")
+    if any(item["estimated_calls"] for item in report["items"]):
+        typer.echo(
+            "estimated: calls cut off without reported usage (timeout, lost worker, cancel), "
+            "charged their worst case"
+        )
     exit_hard(0)
 
 

@@ -1,8 +1,16 @@
-"""The cost ledger: write one row per accepted LLM call attempt, exactly once; read totals.
+"""The cost ledger: one row per LLM call attempt that may have reached the provider; totals.
 
 Writes happen in activities (I/O). The key (workflow id, activity id, attempt) makes a retried or
 replayed write a no-op, so a crash between "provider answered" and "activity completed" can never
 charge a call twice.
+
+An attempt's row exists before its request leaves the process: `reserve` writes it `pending`,
+holding the reservation's worst case (prompt estimate + the `max_tokens` sent). `settle` replaces
+it with the reported usage; `release` deletes it only when the call provably never reached the
+provider (refused, or answered with an error it does not bill). A worker killed mid-call leaves
+its row pending: the next attempt of the step, or the run's end, settles it as `estimated`
+(`cut_off_by="worker_lost"`) at that worst case — so recorded spend is never below what the
+provider billed, and the next attempt's budget already counts it.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Engine, String, cast, func
+from sqlalchemy import Engine, String, case, cast, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -21,35 +29,101 @@ from crewline.db import LedgerEntry, Run, from_pico, session_scope
 GroupBy = Literal["agent", "model", "day", "run", "version", "key"]
 
 
-def record_call(
-    engine: Engine, entry: LedgerEntry, *, then: Callable[[Session], None] | None = None
-) -> bool:
+PENDING, SETTLED = "pending", "settled"
+# Rows that are spend (not a reservation in flight); rows from before `state` are settled.
+_SETTLED = func.coalesce(LedgerEntry.state, SETTLED) != PENDING
+_ESTIMATED = col(LedgerEntry.usage_source) == "estimated"
+Then = Callable[[Session], None] | None
+
+
+def _attempt(entry: LedgerEntry) -> Any:
+    return (
+        (LedgerEntry.workflow_id == entry.workflow_id)
+        & (LedgerEntry.activity_id == entry.activity_id)
+        & (LedgerEntry.attempt == entry.attempt)
+    )
+
+
+def _insert(session: Session, entry: LedgerEntry) -> bool:
+    if entry.key_id is None:  # attributed to the key that started the run
+        started_by = select(Run.key_id).where(Run.run_id == entry.run_id)
+        entry.key_id = session.exec(started_by).first()
+    try:
+        with session.begin_nested():
+            session.add(entry)
+        return True
+    except IntegrityError:
+        return False
+
+
+def record_call(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> bool:
     """Insert the row; False if this attempt was already recorded (a retried write).
 
     `then` runs in the same transaction (e.g. the step row's settled cost and status), so the
     ledger and what it is attributed to commit together or not at all — and in one write.
     """
     with session_scope(engine) as session:
-        if entry.key_id is None:  # attributed to the key that started the run
-            started_by = select(Run.key_id).where(Run.run_id == entry.run_id)
-            entry.key_id = session.exec(started_by).first()
-        try:
-            with session.begin_nested():
-                session.add(entry)
-            recorded = True
-        except IntegrityError:
-            recorded = False
+        recorded = _insert(session, entry)
         if then is not None:
             then(session)
     return recorded
 
 
+def reserve(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> None:
+    """The attempt's pending row (its worst case), durable before the request is sent."""
+    entry.state = PENDING
+    record_call(engine, entry, then=then)
+
+
+def settle(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> None:
+    """The attempt's final row, replacing its pending one (or written fresh)."""
+    entry.state = SETTLED
+    with session_scope(engine) as session:
+        row = session.exec(select(LedgerEntry).where(_attempt(entry))).first()
+        if row is None:
+            _insert(session, entry)
+        else:
+            fields = entry.model_dump(exclude={"id", "created_at", "key_id"})
+            for name, value in fields.items():
+                setattr(row, name, value)
+            session.add(row)
+        if then is not None:
+            then(session)
+
+
+def release(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> None:
+    """Drop the attempt's pending row: the request provably never cost anything."""
+    with session_scope(engine) as session:
+        row = session.exec(select(LedgerEntry).where(_attempt(entry))).first()
+        if row is not None and row.state == PENDING:
+            session.delete(row)
+        if then is not None:
+            then(session)
+
+
+def settle_lost(engine: Engine, *, run_id: str) -> int:
+    """Settle a run's pending rows as cut off by a lost worker (at their worst case): what a run
+    that ended leaves behind. Returns how many."""
+    with session_scope(engine) as session:
+        return _settle_lost(session, LedgerEntry.run_id == run_id)
+
+
+def _settle_lost(session: Session, *where: Any) -> int:
+    rows = session.exec(select(LedgerEntry).where(LedgerEntry.state == PENDING, *where)).all()
+    for row in rows:
+        row.state, row.cut_off_by, row.usage_source = SETTLED, "worker_lost", "estimated"
+        session.add(row)
+    return len(rows)
+
+
 def cost_of_activity(engine: Engine, workflow_id: str, activity_id: str) -> Decimal:
-    """Everything the attempts of one activity cost so far (settled spend of a step)."""
-    with Session(engine) as session:
-        stmt = select(func.coalesce(func.sum(LedgerEntry.cost_pusd), 0)).where(
-            LedgerEntry.workflow_id == workflow_id, LedgerEntry.activity_id == activity_id
-        )
+    """Everything the earlier attempts of one activity cost, for a new attempt's budget. An
+    attempt still pending is dead (Temporal starts the next one only after giving up on it):
+    it is settled here as `worker_lost`, at its worst case, in the same transaction."""
+    same = (LedgerEntry.workflow_id == workflow_id, LedgerEntry.activity_id == activity_id)
+    with session_scope(engine) as session:
+        _settle_lost(session, *same)
+        stmt = select(func.coalesce(func.sum(LedgerEntry.cost_pusd), 0)).where(*same)
         return from_pico(int(session.exec(stmt).one()))
 
 
@@ -78,7 +152,7 @@ def grouped(
         "day": func.substr(cast(col(LedgerEntry.created_at), String), 1, 10),
         "key": func.coalesce(LedgerEntry.key_id, "none"),
     }[group_by]
-    filters = []
+    filters: list[Any] = [_SETTLED]
     if key_id is not None:
         filters.append(col(LedgerEntry.key_id) == key_id)
     if since is not None:
@@ -93,6 +167,8 @@ def grouped(
             func.sum(LedgerEntry.prompt_tokens).label("prompt_tokens"),
             func.sum(LedgerEntry.completion_tokens).label("completion_tokens"),
             cost.label("cost"),
+            func.sum(case((_ESTIMATED, LedgerEntry.cost_pusd), else_=0)).label("estimated"),
+            func.sum(case((_ESTIMATED, 1), else_=0)).label("cut"),
         ).where(*filters)
         rows = session.exec(  # type: ignore[call-overload]
             base.group_by(key).order_by(cost.desc(), key).offset(offset).limit(limit)
@@ -110,6 +186,8 @@ def grouped(
             "prompt_tokens": int(r.prompt_tokens or 0),
             "completion_tokens": int(r.completion_tokens or 0),
             "total_usd": from_pico(int(r.cost or 0)),
+            "estimated_calls": int(r.cut or 0),
+            "estimated_usd": from_pico(int(r.estimated or 0)),
         }
         for r in rows
     ]

@@ -143,6 +143,13 @@ class LedgerEntry(SQLModel, table=True):
     output_per_mtok: str | None = Field(default=None, max_length=32)
     price_source: str = Field(max_length=64)
     usage_source: str = Field(max_length=16)  # "reported" | "estimated"
+    # "pending": reserved, the request may be at the provider; "settled" (None on rows written
+    # before this column existed). A pending row holds the reservation's worst case.
+    state: str | None = Field(default=None, index=True, max_length=16)
+    # Why an estimated row has no reported usage: timeout, malformed, connection_lost,
+    # cancelled, worker_lost (its worker died mid-call and a later attempt or the run's end
+    # settled it).
+    cut_off_by: str | None = Field(default=None, max_length=32)
     shadow: bool = False
     # The API key that started the run (copied from the run row as the row is written).
     key_id: str | None = Field(default=None, index=True, max_length=32)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 from temporalio.worker import Worker
 
-from tests.conftest import run_cli
+from crewline.settings import Settings
+from tests.conftest import AUTH, run_cli
 from tests.fakes import FakeGroq
 
 
@@ -40,6 +42,7 @@ async def test_run_follows_steps_and_prints_answer(
     assert lines[0].split()[:2] == ["agent", "calls"]
     assert any(line.split()[:2] == ["planner", "2"] for line in lines)  # two runs
     assert lines[-1].split() == ["total", "0.000985"]
+    assert "of which estimated" in lines[0] and "0.000000 (0 calls)" in lines[1]
 
 
 async def test_failed_run_names_the_agent_and_exits_1(
@@ -67,3 +70,29 @@ async def test_unknown_run_and_bad_query_are_clear(api_url: str, tmp_path: Path)
     assert missing.returncode == 2 and "not found (HTTP 404)" in missing.stderr
     empty = await run_cli("run", "  ", api_url=api_url, cwd=tmp_path)
     assert empty.returncode == 2 and "query must not be empty" in empty.stderr
+
+
+async def test_costs_table_shows_what_was_estimated(
+    api_url: str,
+    new_worker: Callable[..., Worker],
+    fake_groq: FakeGroq,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    from tests.fakes import Hang
+
+    fake_groq.script("executor", Hang(3))  # cut off by the 1 s timeout: charged its worst case
+    async with new_worker(settings=settings.model_copy(update={"llm_timeout_s": 1.0})):
+        result = await run_cli("run", "Build a snake game", api_url=api_url, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    table = await run_cli("costs", "--by", "agent", api_url=api_url, cwd=tmp_path)
+    executor = next(line for line in table.stdout.splitlines() if line.startswith("executor"))
+    assert executor.split()[1] == "2" and executor.endswith("(1 calls)")
+    assert "charged their worst case" in table.stdout.splitlines()[-1]
+    async with httpx.AsyncClient(base_url=api_url, headers=AUTH) as http:
+        [run] = (await http.get("/runs")).json()["items"]
+        calls = (await http.get(f"/runs/{run['run_id']}/costs")).json()["calls"]
+    cut = [
+        (c["agent"], c["state"], c["cut_off_by"]) for c in calls if c["usage_source"] == "estimated"
+    ]
+    assert cut == [("executor", "settled", "timeout")]

@@ -38,8 +38,19 @@ async def test_worker_killed_during_coder_resumes_on_new_worker(
     assert len(steps) == 5 and len({s.agent for s in steps}) == 5
     coder = next(s for s in steps if s.agent == "coder")
     assert coder.status == "COMPLETED" and coder.attempt == 2
-    # The killed attempt never got an answer: one ledger row per agent, none charged twice.
+    # The killed attempt's request reached the provider, which may bill it: it is charged at its
+    # reservation's worst case (settled when attempt 2 started), and nothing is charged twice.
     ledger = calls_of(engine, run_id)
     assert sorted((c.agent, c.attempt) for c in ledger) == sorted(
-        [("researcher", 1), ("planner", 1), ("executor", 1), ("coder", 2), ("finalizer", 1)]
+        [
+            ("researcher", 1), ("planner", 1), ("executor", 1),
+            ("coder", 1), ("coder", 2), ("finalizer", 1),
+        ]
+    )  # fmt: skip
+    lost = next(c for c in ledger if (c.agent, c.attempt) == ("coder", 1))
+    assert (lost.state, lost.usage_source, lost.cut_off_by) == (
+        "settled",
+        "estimated",
+        "worker_lost",
     )
+    assert lost.completion_tokens == fake_groq.calls("coder")[0].body["max_tokens"]

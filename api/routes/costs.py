@@ -33,8 +33,7 @@ from api.schemas import (
     Timestamp,
 )
 from api.security import AUTH_RESPONSES, Runner, RunReader, visible_run
-from costs.ledger import GroupBy, calls_of, grouped
-from crewline.db import steps_of
+from costs.ledger import PENDING, GroupBy, calls_of, grouped
 from crewline.temporal import has_workflow_pollers
 from workflows.models import BudgetRaise, BudgetState
 from workflows.pipeline import AgentPipelineWorkflow
@@ -48,19 +47,24 @@ def run_costs(run_id: str, engine: EngineDep, key: RunReader) -> RunCosts:
     run = visible_run(engine, key, run_id)
     calls = calls_of(engine, run_id)
     by_agent: dict[str, Decimal] = {}
+    reserved = Decimal(0)
     for call in calls:
+        if call.state == PENDING:  # in flight: its worst case is held, not yet spent
+            reserved += call.cost_usd
+            continue
         by_agent[call.agent] = by_agent.get(call.agent, Decimal(0)) + call.cost_usd
-    reserved = sum(
-        (s.reserved_usd or Decimal(0) for s in steps_of(engine, run_id) if s.status == "RUNNING"),
-        Decimal(0),
-    )
     return RunCosts(
         run_id=run_id,
         budget_usd=run.budget_usd,
         total_usd=sum(by_agent.values(), Decimal(0)),
         reserved_usd=reserved,
         by_agent=by_agent,
-        calls=[CallOut.model_validate({**c.model_dump(), "cost_usd": c.cost_usd}) for c in calls],
+        calls=[
+            CallOut.model_validate(
+                {**c.model_dump(), "cost_usd": c.cost_usd, "state": c.state or "settled"}
+            )
+            for c in calls
+        ],
     )
 
 
