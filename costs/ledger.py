@@ -20,7 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Engine, String, case, cast, func
+from sqlalchemy import Engine, String, case, cast, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -34,6 +34,11 @@ PENDING, SETTLED = "pending", "settled"
 _SETTLED = func.coalesce(LedgerEntry.state, SETTLED) != PENDING
 _ESTIMATED = col(LedgerEntry.usage_source) == "estimated"
 Then = Callable[[Session], None] | None
+# What settling changes in a reserved row (the rest — run, attempt, agent… — is the same).
+_SETTLES = {
+    "model", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_pusd",
+    "input_per_mtok", "output_per_mtok", "price_source", "usage_source", "state", "cut_off_by",
+}  # fmt: skip
 
 
 def _attempt(entry: LedgerEntry) -> Any:
@@ -78,15 +83,13 @@ def reserve(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> None:
 def settle(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> None:
     """The attempt's final row, replacing its pending one (or written fresh)."""
     entry.state = SETTLED
+    fields = entry.model_dump(include=_SETTLES)
     with session_scope(engine) as session:
-        row = session.exec(select(LedgerEntry).where(_attempt(entry))).first()
-        if row is None:
+        # One UPDATE by the attempt's key (no read first): this is on every call's path.
+        stmt = update(LedgerEntry).where(_attempt(entry)).values(**fields)
+        updated = session.execute(stmt.execution_options(synchronize_session=False))
+        if updated.rowcount == 0:  # type: ignore[attr-defined]
             _insert(session, entry)
-        else:
-            fields = entry.model_dump(exclude={"id", "created_at", "key_id"})
-            for name, value in fields.items():
-                setattr(row, name, value)
-            session.add(row)
         if then is not None:
             then(session)
 
