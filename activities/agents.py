@@ -10,11 +10,16 @@ step row idempotently, and returns a bounded, typed result.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
+import structlog
+from opentelemetry import trace
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from temporalio import activity
@@ -32,8 +37,10 @@ from activities.tools.search import SearchOutcome
 from costs import ledger
 from costs.pricing import Pricer
 from crewline.db import utcnow
+from crewline.metrics import Metrics
 from crewline.settings import AGENTS, Settings
 from crewline.statuses import TERMINAL_STATUSES
+from crewline.telemetry import Tracing
 
 # Outputs handed back to the workflow are stored in its history: keep them bounded. The full
 # text is in the step row.
@@ -81,6 +88,48 @@ class RunUpdate(BaseModel):
     budget_usd: Decimal | None = None
 
 
+Step = Callable[["AgentActivities", AgentInput], Awaitable[AgentResult]]
+
+
+def agent_step(fn: Step) -> Step:
+    """Decorate an agent activity (under `@activity.defn`): it heartbeats for its whole life
+    (`activities/heartbeat.py`), its log lines carry the run and agent, its Temporal span (the
+    RunActivity span of the tracing interceptor) carries crewline's attributes, and its duration
+    and queue lag are measured."""
+
+    @functools.wraps(fn)
+    async def observed(self: AgentActivities, inp: AgentInput) -> AgentResult:
+        info = activity.info()
+        lag = (info.started_time - info.current_attempt_scheduled_time).total_seconds()
+        self._metrics.step_queue_seconds.labels(inp.agent).observe(max(lag, 0.0))
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "crewline.run_id": inp.run_id, "crewline.agent": inp.agent,
+                    "crewline.attempt": info.attempt, "crewline.version": self._version or "",
+                    "crewline.dry_run": inp.dry_run, "crewline.shadow": inp.shadow_of is not None,
+                    "crewline.worker": self._caller.worker_id,
+                }
+            )  # fmt: skip
+        structlog.contextvars.bind_contextvars(
+            run_id=inp.run_id, agent=inp.agent, attempt=info.attempt
+        )
+        started, outcome = time.monotonic(), "error"
+        try:
+            result = await fn(self, inp)
+            outcome = "ok"
+            return result
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            self._metrics.step_seconds.labels(inp.agent, outcome).observe(elapsed)
+
+    return heartbeating(observed)
+
+
 def _bounded(text: str) -> str:
     if len(text) <= MAX_RESULT_CHARS:
         return text
@@ -97,6 +146,8 @@ class AgentActivities:
         pricer: Pricer,
         breakers: BreakerRegistry | None = None,
         version: str | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`version`: the snapshot id this worker serves (None: unversioned working tree); every
         run, step and ledger row it writes names it."""
@@ -105,6 +156,7 @@ class AgentActivities:
         self._engine = engine
         self._tools = tools
         self._version = version
+        self._metrics = metrics or Metrics()
         self._caller = MeteredCaller(
             settings,
             llm,
@@ -113,6 +165,8 @@ class AgentActivities:
             breakers or BreakerRegistry(settings.breaker_threshold, settings.breaker_open_s),
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
             version=version,
+            metrics=self._metrics,
+            tracing=tracing,
         )
 
     # ---- helpers --------------------------------------------------------------------------------
@@ -181,7 +235,7 @@ class AgentActivities:
 
     # ---- the agents -----------------------------------------------------------------------------
     @activity.defn(name="researcher")
-    @heartbeating
+    @agent_step
     async def research(self, inp: AgentInput) -> AgentResult:
         wanted, why = needs_research(inp.query, self._settings.research_mode)
         found: SearchOutcome
@@ -210,21 +264,21 @@ class AgentActivities:
         return self._result(inp, outcome, outcome.response.text, notes=notes)
 
     @activity.defn(name="planner")
-    @heartbeating
+    @agent_step
     async def plan(self, inp: AgentInput) -> AgentResult:
         prompt = render("planner", query=inp.query, research=inp.context.get("researcher", ""))
         outcome = await self._call(inp, prompt.system, prompt.user)
         return self._result(inp, outcome, outcome.response.text)
 
     @activity.defn(name="executor")
-    @heartbeating
+    @agent_step
     async def execute(self, inp: AgentInput) -> AgentResult:
         prompt = render("executor", query=inp.query, plan=inp.context.get("planner", ""))
         outcome = await self._call(inp, prompt.system, prompt.user)
         return self._result(inp, outcome, outcome.response.text)
 
     @activity.defn(name="coder")
-    @heartbeating
+    @agent_step
     async def code(self, inp: AgentInput) -> AgentResult:
         prompt = render(
             "coder",
@@ -252,7 +306,7 @@ class AgentActivities:
         )
 
     @activity.defn(name="finalizer")
-    @heartbeating
+    @agent_step
     async def finalize(self, inp: AgentInput) -> AgentResult:
         prompt = render(
             "finalizer",
@@ -275,10 +329,13 @@ class AgentActivities:
             if value is not None:
                 fields[name] = value
         await self._db(store.update_run, update.run_id, **fields)
+        self._metrics.run_status(update.status, self._version)
         if update.status in TERMINAL_STATUSES:
             # An attempt whose worker died mid-call and was never retried (the run failed or
             # was cancelled meanwhile) is charged now, at its worst case.
-            await self._db(ledger.settle_lost, run_id=update.run_id)
+            lost = await asyncio.to_thread(ledger.settle_lost, self._engine, run_id=update.run_id)
+            for row in lost:
+                self._caller.charged(row)
         if update.failed_agent:
             await self._db(
                 store.upsert_step, update.run_id, update.failed_agent,

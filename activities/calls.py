@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +24,7 @@ from decimal import Decimal
 from typing import Any, NoReturn, TypeVar
 
 import structlog
+from opentelemetry.trace import Span, SpanKind
 from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -36,12 +38,25 @@ from costs.budget import BudgetExhaustedError, CallPlan, estimate_tokens, plan_c
 from costs.ledger import cost_of_activity
 from costs.pricing import Pricer
 from crewline.db import LedgerEntry, to_pico
+from crewline.metrics import Metrics
 from crewline.settings import Settings
+from crewline.telemetry import Tracing, fail
 
 log = structlog.get_logger("crewline.calls")
 T = TypeVar("T")
 # (response, the step's settled cost) -> step row fields to commit with the ledger row
 Settle = Callable[[LLMResponse, Decimal], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One attempt's call, as the failure paths need it."""
+
+    run_id: str
+    agent: str
+    request: LLMRequest
+    breaker: CircuitBreaker
+    worst: LedgerEntry
 
 
 @dataclass(frozen=True)
@@ -61,10 +76,14 @@ class MeteredCaller:
         breakers: BreakerRegistry,
         worker_id: str,
         version: str | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings, self._llm, self._engine = settings, llm, engine
-        self._pricer, self._breakers, self._worker_id = pricer, breakers, worker_id
+        self._pricer, self._breakers, self.worker_id = pricer, breakers, worker_id
         self._version = version
+        self._metrics = metrics or Metrics()
+        self._tracing = tracing or Tracing(None)
         # Backoff jitter; seedable (RETRY_JITTER_SEED) so a test can predict the delays.
         self._rng = random.Random(settings.retry_jitter_seed)
 
@@ -91,12 +110,7 @@ class MeteredCaller:
         info = activity.info()
         model = self._settings.model_for(agent)
         prompt_estimate = estimate_tokens(system, user)
-        # A first attempt has no earlier attempts to have spent anything.
-        spent = (
-            Decimal(0)
-            if info.attempt == 1
-            else await self._db(cost_of_activity, info.workflow_id or run_id, info.activity_id)
-        )
+        spent, lost = await self._earlier_attempts(run_id, info.attempt)
         left = None if budget_left is None else budget_left - spent
         try:
             plan = plan_call(
@@ -125,7 +139,7 @@ class MeteredCaller:
                 non_retryable=True,
             ) from None
         breaker = self._breakers.get(self._llm.name, model)
-        await self._admit(breaker, run_id, agent, step)
+        await self._admit(breaker, run_id, agent, step, model)
         worst = self._worst_case(run_id, agent, model, prompt_estimate, plan, shadow)
         reserved = functools.partial(
             store.upsert_step_in, run_id=run_id, agent=agent, reserved_usd=plan.reserved_usd, **step
@@ -135,37 +149,124 @@ class MeteredCaller:
             agent=agent, model=model, system=system, user=user,
             max_tokens=plan.max_tokens, temperature=self._settings.llm_temperature, tag=run_id,
         )  # fmt: skip
-        try:
-            response = await self._llm.complete(request)
-        except asyncio.CancelledError:
-            # The request may be at the provider: it stays charged at its worst case.
-            breaker.on_abandoned()
-            worst.cut_off_by = "cancelled"
-            cancelled = functools.partial(
-                store.upsert_step_in, run_id=run_id, agent=agent, status="CANCELLED",
-                reserved_usd=0,
-            )  # fmt: skip
-            await self._db(ledger.settle, worst, then=cancelled)
-            raise
-        except Exception as exc:
-            await self._failed(exc, breaker, run_id, agent, worst)
+        attempt = _Attempt(run_id, agent, request, breaker, worst)
+        with self._span(request, run_id, shadow, breaker, lost) as span:
+            response = await self._complete(attempt, span)
+            entry = self._entry(
+                run_id, agent, response, estimated_prompt=prompt_estimate, shadow=shadow
+            )
+            self._annotate(span, response, entry)
         await self._moved(breaker, breaker.on_success())
-        entry = self._entry(
-            run_id, agent, response, estimated_prompt=prompt_estimate, shadow=shadow
-        )
         then = None
         if settle is not None:
             fields = settle(response, spent + entry.cost_usd)
             then = functools.partial(store.upsert_step_in, run_id=run_id, agent=agent, **fields)
         await self._db(ledger.settle, entry, then=then)
+        self.charged(entry)
         return CallOutcome(response, spent + entry.cost_usd, plan.shrunk)
 
+    async def _earlier_attempts(self, run_id: str, attempt: int) -> tuple[Decimal, int]:
+        """What this step's earlier attempts cost (none for a first attempt), and how many were
+        lost with their worker: their pending rows are settled as `worker_lost` on the way."""
+        if attempt == 1:
+            return Decimal(0), 0
+        info = activity.info()
+        spent, lost = await self._db(cost_of_activity, info.workflow_id or run_id, info.activity_id)
+        for row in lost:
+            self.charged(row)
+        if lost:
+            log.warning(
+                "ledger.worker_lost", run_id=run_id, attempts=[r.attempt for r in lost],
+                charged_usd=str(sum((r.cost_usd for r in lost), Decimal(0))),
+            )  # fmt: skip
+        return spent, len(lost)
+
+    async def _complete(self, call: _Attempt, span: Span) -> LLMResponse:
+        started = time.monotonic()
+        try:
+            response = await self._llm.complete(call.request)
+        except asyncio.CancelledError:
+            # The request may be at the provider: it stays charged at its worst case.
+            call.breaker.on_abandoned()
+            call.worst.cut_off_by = "cancelled"
+            cancelled = functools.partial(
+                store.upsert_step_in, run_id=call.run_id, agent=call.agent, status="CANCELLED",
+                reserved_usd=0,
+            )  # fmt: skip
+            await self._db(ledger.settle, call.worst, then=cancelled)
+            self.charged(call.worst)
+            self._call_outcome(call.request.model, "cancelled")
+            fail(span, "cancelled", "cancelled while the call was in flight")
+            raise
+        except Exception as exc:
+            await self._failed(exc, call, span)
+        self._metrics.llm_seconds.labels(self._llm.name, call.request.model).observe(
+            time.monotonic() - started
+        )
+        self._call_outcome(call.request.model, "ok")
+        return response
+
+    def _span(
+        self, request: LLMRequest, run_id: str, shadow: bool, breaker: CircuitBreaker, lost: int
+    ) -> Any:
+        """The call's span, named and attributed by OpenTelemetry's GenAI conventions."""
+        info = activity.info()
+        return self._tracing.span(
+            f"chat {request.model}",
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": self._llm.name,
+                "gen_ai.provider.name": self._llm.name,
+                "gen_ai.request.model": request.model,
+                "gen_ai.request.max_tokens": request.max_tokens,
+                "gen_ai.request.temperature": request.temperature,
+                "gen_ai.prompt": self._tracing.text(f"{request.system}\n\n{request.user}"),
+                "crewline.run_id": run_id,
+                "crewline.agent": request.agent,
+                "crewline.version": self._version or "unversioned",
+                "crewline.attempt": info.attempt,
+                "crewline.worker": self.worker_id,
+                "crewline.breaker_state": breaker.state.value,
+                "crewline.shadow": shadow,
+                # A takeover: earlier attempts died with their worker (charged at worst case).
+                "crewline.lost_attempts": lost or None,
+            },
+            kind=SpanKind.CLIENT,
+        )
+
+    def _annotate(self, span: Span, response: LLMResponse, entry: LedgerEntry) -> None:
+        if not span.is_recording():
+            return
+        span.set_attributes(
+            {
+                "gen_ai.response.model": response.model,
+                "gen_ai.usage.input_tokens": entry.prompt_tokens,
+                "gen_ai.usage.output_tokens": entry.completion_tokens,
+                "crewline.cost_usd": float(entry.cost_usd),
+                "crewline.usage_source": entry.usage_source,
+            }
+        )
+        completion = self._tracing.text(response.text)
+        if completion is not None:
+            span.set_attribute("gen_ai.completion", completion)
+
+    def charged(self, entry: LedgerEntry) -> None:
+        self._metrics.charged(
+            agent=entry.agent, model=entry.model, version=entry.version, shadow=entry.shadow,
+            input_tokens=entry.prompt_tokens, output_tokens=entry.completion_tokens,
+            cost_usd=entry.cost_usd,
+        )  # fmt: skip
+
+    def _call_outcome(self, model: str, outcome: str) -> None:
+        self._metrics.llm_calls.labels(self._llm.name, model, outcome).inc()
+
     async def _admit(
-        self, breaker: CircuitBreaker, run_id: str, agent: str, step: dict[str, Any]
+        self, breaker: CircuitBreaker, run_id: str, agent: str, step: dict[str, Any], model: str
     ) -> None:
         try:
             await self._moved(breaker, breaker.before_call())
         except BreakerOpenError as exc:
+            self._call_outcome(model, "breaker_open")
             # Fail fast without touching the network; Temporal retries after the open period.
             await self._db(
                 store.upsert_step, run_id, agent, **{**step, "status": "WAITING", "error": str(exc)}
@@ -176,9 +277,8 @@ class MeteredCaller:
                 next_retry_delay=timedelta(seconds=exc.retry_in_s),
             ) from None
 
-    async def _failed(
-        self, exc: Exception, breaker: CircuitBreaker, run_id: str, agent: str, worst: LedgerEntry
-    ) -> NoReturn:
+    async def _failed(self, exc: Exception, call: _Attempt, span: Span) -> NoReturn:
+        run_id, agent, breaker, worst = call.run_id, call.agent, call.breaker, call.worst
         error = classify(
             exc,
             agent=agent,
@@ -203,6 +303,9 @@ class MeteredCaller:
             await self._db(ledger.release, worst, then=failed)
         else:  # no usage reported, but the provider may have done the work: its worst case
             await self._db(ledger.settle, worst, then=failed)
+            self.charged(worst)
+        self._call_outcome(worst.model, "permanent" if error.non_retryable else "retryable")
+        fail(span, error.type or "LLMError", error.message)
         log.warning("agent.call_failed", agent=agent, run_id=run_id, error=error.message)
         # `from None`: the provider exception may echo request details; the classified
         # message is the redacted, actionable one.
@@ -264,6 +367,11 @@ class MeteredCaller:
         return entry
 
     async def _moved(self, breaker: CircuitBreaker, moved: bool) -> None:
+        gauge = self._metrics.breaker_failures.labels(breaker.provider, breaker.model)
+        gauge.set(breaker.consecutive_failures)
         # Persisted on transitions only, so /health (maybe another process) can show it.
         if moved:
-            await self._db(store.save_breaker, self._worker_id, breaker.snapshot())
+            self._metrics.breaker_moved(
+                breaker.provider, breaker.model, breaker.state.value, breaker.consecutive_failures
+            )
+            await self._db(store.save_breaker, self.worker_id, breaker.snapshot())

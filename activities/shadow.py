@@ -14,6 +14,7 @@ from temporalio import activity
 
 from activities.heartbeat import heartbeating
 from crewline.db import get_run
+from crewline.metrics import Metrics
 from crewline.statuses import TERMINAL_STATUSES
 from versioning.shadow import compare_runs
 
@@ -34,8 +35,9 @@ class CompareResult(BaseModel):
 
 
 class ShadowActivities:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics | None = None) -> None:
         self._engine = engine
+        self._metrics = metrics or Metrics()
 
     @activity.defn(name="compare_shadow")
     @heartbeating
@@ -51,6 +53,10 @@ class ShadowActivities:
             compare_runs, self._engine, inp.primary_run_id, inp.shadow_run_id
         )
         alerts = [r for r in rows if r.alert]
+        for row in rows:
+            self._metrics.shadow_comparisons.labels(row.agent).inc()
+            if row.alert:
+                self._metrics.shadow_divergences.labels(row.agent).inc()
         for row in alerts:
             log.warning(
                 "shadow.divergence",

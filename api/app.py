@@ -14,10 +14,12 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 
 from api import errors, security
-from api.routes import costs, health, keys, runs, shadow, versions
+from api.routes import costs, health, keys, metrics, runs, shadow, versions
 from crewline import keys as key_store
 from crewline.db import make_engine
+from crewline.metrics import Metrics
 from crewline.settings import Settings
+from crewline.telemetry import Tracing, setup_tracing
 from crewline.temporal import connect
 from versioning.bundle import MAX_BUNDLE_BYTES
 
@@ -29,20 +31,34 @@ def create_app(
     *,
     client: Client | None = None,
     engine: Engine | None = None,
+    tracing: Tracing | None = None,
+    registry: Metrics | None = None,
 ) -> FastAPI:
+    """The app. A `client` given here must carry `tracing.interceptors()` for runs to join the
+    request's trace; without one, the lifespan connects with them."""
     settings = settings or Settings()
+    own_tracing = tracing is None
+    tracing = tracing or setup_tracing(settings, "crewline-api")
+    registry = registry or Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.tracing = tracing
         app.state.engine = engine or make_engine(settings.resolved_database_url)
-        app.state.temporal = client or await connect(settings, lazy=True)
+        app.state.temporal = client or await connect(
+            settings, lazy=True, interceptors=tracing.interceptors()
+        )
+        runs_collector = metrics.watch_runs(registry, app.state.engine)
         said = await run_in_threadpool(key_store.ensure_admin, settings, app.state.engine)
         if said:
             log.info("api.admin_key", detail=said)
         yield
+        registry.registry.unregister(runs_collector)
         if engine is None:
             app.state.engine.dispose()
+        if own_tracing:
+            tracing.shutdown()
 
     app = FastAPI(
         title="crewline",
@@ -58,4 +74,14 @@ def create_app(
     app.include_router(versions.router)
     app.include_router(keys.router)
     app.include_router(health.router)
+    metrics.install(app, registry)
+    if tracing.provider is not None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=tracing.provider,
+            excluded_urls="health,metrics",
+            exclude_spans=["receive", "send"],  # one server span per request, not three
+        )
     return app

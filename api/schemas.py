@@ -123,11 +123,15 @@ class RunLinks(BaseModel):
     cancel: str
     costs: str
     temporal_ui: str
+    trace: str | None = Field(
+        default=None, description="the run's trace in Jaeger (when JAEGER_UI_URL is set)"
+    )
 
 
 class RunAccepted(BaseModel):
     run_id: str
     status: RunStatus
+    trace_id: str | None = Field(default=None, description="its trace, when tracing is on")
     links: RunLinks
 
 
@@ -210,6 +214,9 @@ class RunOut(BaseModel):
     )
     dry_run: bool | None = None
     shadow_of: str | None = Field(default=None, description="the primary run this shadows")
+    trace_id: str | None = Field(
+        default=None, description="its OpenTelemetry trace id, when tracing is on"
+    )
     created_at: datetime
     updated_at: datetime
     steps: list[StepOut] = []

@@ -10,13 +10,17 @@ from decimal import Decimal
 
 import structlog
 from fastapi.concurrency import run_in_threadpool
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanContext
 from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.common import PinnedVersioningOverride
 from temporalio.service import RPCError
 
 from crewline.db import Run, session_scope
+from crewline.metrics import Metrics
 from crewline.settings import Settings
+from crewline.telemetry import Tracing, current_trace_id
 from versioning import deployment, shadow
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, StepRetry
 
@@ -41,21 +45,6 @@ def _delete(engine: Engine, run_id: str) -> None:
             session.delete(row)
 
 
-async def maybe_start_shadow(
-    client: Client, settings: Settings, engine: Engine, primary: Run
-) -> str | None:
-    """Start the primary's shadow if it is sampled and today's cap allows; its run id."""
-    decision = await run_in_threadpool(shadow.decide, engine, settings, primary.run_id)
-    if not decision.shadow or decision.candidate is None:
-        if decision.why_not and decision.why_not.startswith("sampling paused"):
-            log.warning("shadow.paused", run_id=primary.run_id, reason=decision.why_not)
-        return None
-    return await start_shadow_run(
-        client, settings, engine, primary, decision.candidate, decision.budget_usd,
-        shadow_id(primary.run_id),
-    )  # fmt: skip
-
-
 async def start_shadow_run(
     client: Client,
     settings: Settings,
@@ -64,12 +53,13 @@ async def start_shadow_run(
     version: str,
     budget_usd: Decimal | None,
     run_id: str,
+    metrics: Metrics,
 ) -> str | None:
     """A dry-run re-run of `primary` pinned to `version`, compared with it when both end."""
     row = Run(
         run_id=run_id, query=primary.query, budget_usd=budget_usd,
         provider=primary.provider, dry_run=True, shadow_of=primary.run_id,
-        key_id=primary.key_id,
+        key_id=primary.key_id, trace_id=current_trace_id(),
     )  # fmt: skip
     await run_in_threadpool(_insert, engine, row)
     try:
@@ -98,15 +88,41 @@ async def start_shadow_run(
         await run_in_threadpool(_delete, engine, run_id)
         log.warning("shadow.start_failed", run_id=primary.run_id, error=str(exc)[:300])
         return None
+    metrics.shadow_runs.labels(version).inc()
     log.info("shadow.started", run_id=primary.run_id, shadow_run_id=run_id, version=version)
     return run_id
 
 
 async def start_shadow_quietly(
-    client: Client, settings: Settings, engine: Engine, primary: Run
+    client: Client,
+    settings: Settings,
+    engine: Engine,
+    primary: Run,
+    *,
+    tracing: Tracing,
+    metrics: Metrics,
+    primary_span: SpanContext | None = None,
 ) -> None:
-    """The background task: whatever happens here stays here."""
+    """The background task: start the primary's shadow if it is sampled and today's cap allows.
+    Whatever happens here stays here. A shadow is its own trace (a new root, not a child of the
+    primary's request), linked to the primary's."""
     try:
-        await maybe_start_shadow(client, settings, engine, primary)
+        decision = await run_in_threadpool(shadow.decide, engine, settings, primary.run_id)
+        if not decision.shadow or decision.candidate is None:
+            if decision.why_not and decision.why_not.startswith("sampling paused"):
+                log.warning("shadow.paused", run_id=primary.run_id, reason=decision.why_not)
+            return
+        run_id = shadow_id(primary.run_id)
+        links = [Link(primary_span)] if primary_span is not None and primary_span.is_valid else []
+        with tracing.tracer.start_as_current_span(
+            "shadow run", context=Context(), links=links,
+            attributes={"crewline.run_id": run_id, "crewline.shadow": True,
+                        "crewline.shadow_of": primary.run_id,
+                        "crewline.version": decision.candidate},
+        ):  # fmt: skip
+            await start_shadow_run(
+                client, settings, engine, primary, decision.candidate, decision.budget_usd,
+                run_id, metrics,
+            )  # fmt: skip
     except Exception as exc:  # a shadow must never surface as the primary's problem
         log.error("shadow.start_failed", run_id=primary.run_id, error=repr(exc)[:300])

@@ -47,6 +47,12 @@ def _step_line(step: dict[str, Any]) -> str:
     )
 
 
+def _trace(run: dict[str, Any]) -> str:
+    """The run's trace id, and its Jaeger link when the API knows one (JAEGER_UI_URL)."""
+    link = run.get("links", {}).get("trace")
+    return f"trace {run['trace_id']}" + (f"  {link}" if link else "")
+
+
 def _spend(run: dict[str, Any]) -> str:
     spent = sum((Decimal(s["cost_usd"]) for s in run["steps"] if s.get("cost_usd")), Decimal(0))
     budget = f" of ${Decimal(run['budget_usd']).normalize():f}" if run.get("budget_usd") else ""
@@ -125,6 +131,8 @@ def run(
         typer.echo(run_id)
         exit_hard(0)
     typer.echo(f"run {run_id} started — Web UI: {accepted['links']['temporal_ui']}")
+    if accepted.get("trace_id"):
+        typer.echo(f"  {_trace(accepted)}")
     try:
         final = _follow(settings, run_id)
     except KeyboardInterrupt:
@@ -138,6 +146,8 @@ def status(run_id: str) -> None:
     settings = Settings()
     found = request(settings, "GET", f"/runs/{run_id}")
     typer.echo(f"{found['run_id']}  {found['status']}  {found['query']!r}")
+    if found.get("trace_id"):
+        typer.echo(f"  {_trace(found)}")
     for step in found["steps"]:
         typer.echo(_step_line(step))
     if found["status"] in TERMINAL_STATUSES:

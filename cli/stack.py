@@ -32,6 +32,7 @@ from api.app import create_app
 from crewline import keys
 from crewline.db import make_engine
 from crewline.settings import Settings
+from crewline.telemetry import setup_tracing
 from crewline.temporal import DevServer, connect, die_with_parent, port_open
 from versioning import activation, deployment, registry, shadow
 from versioning.bundle import BundleError, collect, default_source
@@ -71,16 +72,21 @@ class WorkerChildren:
             "TEMPORAL_ADDRESS": settings.temporal_address,
             "CREWLINE_DATA_DIR": str(settings.data_dir.resolve()),
         }
+        self._metrics_port = settings.worker_metrics_port
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def spawn(self, version: str | None) -> None:
-        """A worker for `version`, or (None) for a fresh snapshot of the working tree."""
+        """A worker for `version`, or (None) for a fresh snapshot of the working tree. Each
+        serves /metrics on its own port: WORKER_METRICS_PORT, the next one, …"""
         command = [sys.executable, "-m", "cli", "worker"]
         if version is not None:
             command += ["--version", version]
+        env = dict(self._env)
+        if self._metrics_port:
+            env["WORKER_METRICS_PORT"] = str(self._metrics_port + len(self.processes))
         # Popen from the event loop's thread: the death signal is tied to the spawning thread.
         self.processes[version or "working tree"] = subprocess.Popen(
-            command, env=self._env, start_new_session=True, preexec_fn=die_with_parent
+            command, env=env, start_new_session=True, preexec_fn=die_with_parent
         )
 
     def exited(self) -> list[str]:
@@ -207,14 +213,15 @@ async def run_stack(settings: Settings) -> None:
     await server.start()
     settings = settings.model_copy(update={"temporal_address": server.address})
     workers = WorkerChildren(settings)
+    tracing = setup_tracing(settings, "crewline-api")
     try:
         stop = _stop_event(server, workers)
-        client = await connect(settings)
+        client = await connect(settings, interceptors=tracing.interceptors())
         engine = make_engine(settings.resolved_database_url)
         for version in await _versions_to_serve(client, settings, engine):
             workers.spawn(version)
         active = await _wait_ready(client, settings, workers)
-        app = create_app(settings, client=client, engine=engine)
+        app = create_app(settings, client=client, engine=engine, tracing=tracing)
         api = _ApiServer(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         )
@@ -236,4 +243,5 @@ async def run_stack(settings: Settings) -> None:
     finally:
         workers.kill()
         server.stop()
+        tracing.shutdown()
         log.info("stack.stopped")

@@ -104,30 +104,33 @@ def release(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> None:
             then(session)
 
 
-def settle_lost(engine: Engine, *, run_id: str) -> int:
+def settle_lost(engine: Engine, *, run_id: str) -> list[LedgerEntry]:
     """Settle a run's pending rows as cut off by a lost worker (at their worst case): what a run
-    that ended leaves behind. Returns how many."""
+    that ended leaves behind. Returns them."""
     with session_scope(engine) as session:
         return _settle_lost(session, LedgerEntry.run_id == run_id)
 
 
-def _settle_lost(session: Session, *where: Any) -> int:
+def _settle_lost(session: Session, *where: Any) -> list[LedgerEntry]:
     rows = session.exec(select(LedgerEntry).where(LedgerEntry.state == PENDING, *where)).all()
     for row in rows:
         row.state, row.cut_off_by, row.usage_source = SETTLED, "worker_lost", "estimated"
         session.add(row)
-    return len(rows)
+    return list(rows)
 
 
-def cost_of_activity(engine: Engine, workflow_id: str, activity_id: str) -> Decimal:
-    """Everything the earlier attempts of one activity cost, for a new attempt's budget. An
-    attempt still pending is dead (Temporal starts the next one only after giving up on it):
-    it is settled here as `worker_lost`, at its worst case, in the same transaction."""
+def cost_of_activity(
+    engine: Engine, workflow_id: str, activity_id: str
+) -> tuple[Decimal, list[LedgerEntry]]:
+    """Everything the earlier attempts of one activity cost, for a new attempt's budget, and the
+    attempts settled just now as lost. An attempt still pending is dead (Temporal starts the next
+    one only after giving up on it): it is settled here as `worker_lost`, at its worst case, in
+    the same transaction."""
     same = (LedgerEntry.workflow_id == workflow_id, LedgerEntry.activity_id == activity_id)
     with session_scope(engine) as session:
-        _settle_lost(session, *same)
+        lost = _settle_lost(session, *same)
         stmt = select(func.coalesce(func.sum(LedgerEntry.cost_pusd), 0)).where(*same)
-        return from_pico(int(session.exec(stmt).one()))
+        return from_pico(int(session.exec(stmt).one())), lost
 
 
 def calls_of(engine: Engine, run_id: str) -> list[LedgerEntry]:

@@ -49,6 +49,8 @@ class Run(SQLModel, table=True):
     shadow_of: str | None = Field(default=None, index=True, max_length=64)
     # The API key that started it (its public id; a shadow carries its primary's).
     key_id: str | None = Field(default=None, index=True, max_length=32)
+    # Its OpenTelemetry trace (32 hex), when tracing is on.
+    trace_id: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from crewline.secrets import redact
+from crewline.telemetry import add_trace_ids
 
 
 class Redactor:
@@ -46,6 +47,7 @@ def configure_logging(
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,  # inside a span: trace_id, span_id (logs and traces join)
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

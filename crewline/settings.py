@@ -118,9 +118,25 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(default=64 * 1024, alias="MAX_REQUEST_BYTES", ge=1024)
 
-    # --- runs --------------------------------------------------------------------------------
+    # --- observability ---------------------------------------------------------------------
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_json: bool = Field(default=False, alias="LOG_JSON")
+    # Traces go out over OTLP/HTTP when either endpoint is set (the standard OTel variables).
+    otel_endpoint: str | None = Field(default=None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_traces_endpoint: str | None = Field(
+        default=None, alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    # Default per process: crewline-api, crewline-worker.
+    otel_service_name: str | None = Field(default=None, alias="OTEL_SERVICE_NAME")
+    # Prompts and outputs in span attributes (truncated, redacted); off by default.
+    trace_content: bool = Field(default=False, alias="TRACE_CONTENT")
+    # Jaeger's UI, for a run's trace link (e.g. http://localhost:16686).
+    jaeger_ui_url: str | None = Field(default=None, alias="JAEGER_UI_URL")
+    # A worker's Prometheus /metrics (crewline's and the Temporal SDK's); 0 turns it off.
+    # `crewline up` gives its worker processes this port and the ones after it.
+    worker_metrics_port: int = Field(default=9464, alias="WORKER_METRICS_PORT", ge=0, le=65535)
+    # Where the worker's metrics endpoint listens (0.0.0.0 in containers).
+    worker_metrics_host: str = Field(default="127.0.0.1", alias="WORKER_METRICS_HOST")
 
     @field_validator("agent_models", "model_prices", mode="before")
     @classmethod

@@ -18,15 +18,16 @@ import socket
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.runtime import Runtime, TelemetryConfig
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from crewline.settings import Settings
 
@@ -53,15 +54,32 @@ def test_server_path() -> str:
     return _wheel_binary("temporal-test-server")
 
 
-async def connect(settings: Settings, *, lazy: bool = False, worker: bool = False) -> Client:
+async def connect(
+    settings: Settings,
+    *,
+    lazy: bool = False,
+    worker: bool = False,
+    interceptors: Sequence[Interceptor] = (),
+    core_metrics: str | None = None,
+) -> Client:
     """A client with the pydantic data converter. `lazy` defers the connection to first use, so
     the API can start (and report it in /health) while Temporal is still down. `worker`: the
     client of a worker process, whose runtime heartbeats every WORKER_HEARTBEAT_S so Temporal
-    knows which versions have a live worker (activation checks it; the default is 60 s)."""
+    knows which versions have a live worker (activation checks it; the default is 60 s), and
+    serves the SDK's Prometheus metrics on `core_metrics` (host:port) if given.
+    `interceptors`: tracing's (`crewline.telemetry`); a client's workers inherit them."""
     runtime = None
     if worker:
+        prometheus = None
+        if core_metrics is not None:
+            prometheus = PrometheusConfig(
+                bind_address=core_metrics,
+                counters_total_suffix=True,
+                unit_suffix=True,
+                durations_as_seconds=True,
+            )
         runtime = Runtime(
-            telemetry=TelemetryConfig(),
+            telemetry=TelemetryConfig(metrics=prometheus),
             worker_heartbeat_interval=timedelta(seconds=settings.worker_heartbeat_s),
         )
     return await Client.connect(
@@ -70,6 +88,7 @@ async def connect(settings: Settings, *, lazy: bool = False, worker: bool = Fals
         data_converter=pydantic_data_converter,
         lazy=lazy,
         runtime=runtime,
+        interceptors=interceptors,
     )
 
 

@@ -106,6 +106,7 @@ def settings(tmp_path: Path, fake_groq: FakeGroq, dev_env: WorkflowEnvironment) 
         CREWLINE_TASK_QUEUE=f"tq-{uuid.uuid4().hex[:8]}",
         CREWLINE_DEPLOYMENT=f"dep-{uuid.uuid4().hex[:8]}",
         WORKER_HEARTBEAT_S=1,
+        WORKER_METRICS_PORT=0,  # a test that scrapes a worker gives it a free port
         SEARCH_BACKEND="none",
         LLM_RETRY_BASE_S=0.05,
         LLM_RETRY_CAP_S=0.2,

@@ -28,7 +28,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def spawn_worker(
-    settings: Settings, log: Path, *args: str, pythonpath: Path | None = None
+    settings: Settings,
+    log: Path,
+    *args: str,
+    pythonpath: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`python -m workers.main` with these settings (unversioned), or with `args` the `crewline`
     command (e.g. `worker --version ID`); cwd is the data dir so no `.env` leaks in.
@@ -37,6 +41,7 @@ def spawn_worker(
     env = settings_env(settings)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
+    env.update(extra_env or {})
     command = (
         [sys.executable, "-m", "cli", *args] if args else [sys.executable, "-m", "workers.main"]
     )
@@ -53,9 +58,13 @@ class WorkerProcesses:
         self.settings, self.logs = settings, logs
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, *args: str, pythonpath: Path | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, *args: str, pythonpath: Path | None = None, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.logs / f"worker{len(self.started) + 1}.log"
-        process = spawn_worker(self.settings, log, *args, pythonpath=pythonpath)
+        process = spawn_worker(
+            self.settings, log, *args, pythonpath=pythonpath, extra_env=extra_env
+        )
         self.started.append(process)
         return process
 

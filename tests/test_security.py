@@ -23,7 +23,10 @@ from crewline.db import ApiKey
 from crewline.settings import Settings
 from tests.conftest import ADMIN_KEY, AUTH, assert_eventually
 
-PUBLIC = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+pytestmark = pytest.mark.both_databases
+
+# Open on purpose: liveness, the API docs, and Prometheus' scrape target (counts, no content).
+PUBLIC = {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 R, RUN, A = "read", "run", "admin"
 # (method, path) -> the scopes that may call it. Everything else answers 403.
 ALLOWED: dict[tuple[str, str], set[str]] = {

@@ -29,7 +29,9 @@ from activities.tools.builtin import build_tools, default_search_backend
 from activities.tools.search import SearchBackend
 from costs.pricing import Pricer
 from crewline.db import make_engine
+from crewline.metrics import Metrics, free_loopback_port, start_worker_metrics
 from crewline.settings import AGENTS, Settings
+from crewline.telemetry import Tracing, setup_tracing
 from workflows.pipeline import AgentPipelineWorkflow
 
 log = structlog.get_logger("crewline.worker")
@@ -56,9 +58,14 @@ def build_worker(
     task_queue: str | None = None,
     breakers: BreakerRegistry | None = None,
     version: str | None = None,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
     **worker_options: Any,
 ) -> Worker:
+    """The worker. Its spans go through `tracing` (the client's interceptors carry the context:
+    build the client with `tracing.interceptors()`), its counts into `metrics`."""
     engine = engine or make_engine(settings.resolved_database_url)
+    metrics = metrics or Metrics()
     llm = llm or build_provider(settings)  # raises ConfigurationError saying what to set
     backend = default_search_backend(settings) if search_backend is _UNSET else search_backend
     pricer = Pricer(llm.name, settings.model_prices)
@@ -68,10 +75,12 @@ def build_worker(
         settings=settings,
         llm=llm,
         engine=engine,
-        tools=build_tools(settings, engine, backend),  # type: ignore[arg-type]
+        tools=build_tools(settings, engine, backend, tracing),  # type: ignore[arg-type]
         pricer=pricer,
         breakers=breakers,
         version=version,
+        metrics=metrics,
+        tracing=tracing,
     )
     if version is not None:
         worker_options["deployment_config"] = WorkerDeploymentConfig(
@@ -79,7 +88,7 @@ def build_worker(
             use_worker_versioning=True,
             default_versioning_behavior=VersioningBehavior.PINNED,
         )
-    shadow = ShadowActivities(engine)
+    shadow = ShadowActivities(engine, metrics)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -104,9 +113,23 @@ async def run_worker(
     `on_started` runs once the worker polls (e.g. make its version current on a fresh start)."""
     from crewline.temporal import connect
 
-    client = await connect(settings, worker=True)
+    metrics = Metrics()
+    tracing = setup_tracing(settings, "crewline-worker")
+    # The Temporal SDK's own metrics: its core serves them on loopback, our endpoint merges them.
+    core = f"127.0.0.1:{free_loopback_port()}" if settings.worker_metrics_port else None
+    client = await connect(
+        settings, worker=True, interceptors=tracing.interceptors(), core_metrics=core
+    )
     engine = make_engine(settings.resolved_database_url)
-    worker = build_worker(client, settings, engine=engine, version=version)
+    worker = build_worker(
+        client, settings, engine=engine, version=version, metrics=metrics, tracing=tracing
+    )
+    endpoint = start_worker_metrics(
+        metrics,
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+        f"http://{core}/metrics" if core else None,
+    )
     stop = stop or _signal_event()
     log.info(
         "worker.started",
@@ -114,13 +137,19 @@ async def run_worker(
         temporal=settings.temporal_address,
         provider=settings.provider(),
         version=version or "unversioned (working tree)",
+        tracing="on" if tracing.enabled else "off",
     )
-    async with worker:
-        hook = asyncio.create_task(on_started(client, engine)) if on_started else None
-        await stop.wait()
-        if hook is not None:
-            hook.cancel()
-        log.info("worker.stopping", graceful_timeout_s=GRACEFUL_SHUTDOWN.total_seconds())
+    try:
+        async with worker:
+            hook = asyncio.create_task(on_started(client, engine)) if on_started else None
+            await stop.wait()
+            if hook is not None:
+                hook.cancel()
+            log.info("worker.stopping", graceful_timeout_s=GRACEFUL_SHUTDOWN.total_seconds())
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
+        tracing.shutdown()  # flushes the spans still queued
     log.info("worker.stopped")
 
 

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from crewline.telemetry import Tracing
+
 ToolFn = Callable[..., Awaitable[Any]]
 # (context, tool, arguments, summary, sequence number within the step) -> stored
 Recorder = Callable[["ToolContext", str, dict[str, Any], str, int], Awaitable[None]]
@@ -45,9 +47,10 @@ class UnknownToolError(KeyError):
 
 
 class ToolRegistry:
-    def __init__(self, recorder: Recorder | None = None) -> None:
+    def __init__(self, recorder: Recorder | None = None, tracing: Tracing | None = None) -> None:
         self._tools: dict[str, ToolSpec] = {}
         self._recorder = recorder
+        self._tracing = tracing or Tracing(None)
 
     def register(self, spec: ToolSpec) -> None:
         if spec.name in self._tools:
@@ -67,10 +70,23 @@ class ToolRegistry:
         spec = self._tools.get(name)
         if spec is None:
             raise UnknownToolError(name)
-        if spec.side_effects and ctx.dry_run:
-            summary = spec.summary(args)
-            if self._recorder is not None:
-                await self._recorder(ctx, name, args, summary, len(ctx.intents))
-            ctx.intents.append({"tool": name, "summary": summary})
-            return None
-        return await spec.fn(ctx, **args)
+        intent = spec.side_effects and ctx.dry_run
+        with self._tracing.span(
+            f"execute_tool {name}",
+            {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": name,
+                "crewline.run_id": ctx.run_id,
+                "crewline.agent": ctx.agent,
+                "crewline.side_effects": spec.side_effects,
+                "crewline.dry_run": ctx.dry_run,
+                "crewline.intent_recorded": intent,
+            },
+        ):
+            if intent:
+                summary = spec.summary(args)
+                if self._recorder is not None:
+                    await self._recorder(ctx, name, args, summary, len(ctx.intents))
+                ctx.intents.append({"tool": name, "summary": summary})
+                return None
+            return await spec.fn(ctx, **args)

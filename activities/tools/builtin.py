@@ -12,6 +12,7 @@ from activities.tools import ToolContext, ToolRegistry, ToolSpec
 from activities.tools.files import write_artifact
 from activities.tools.search import DdgsBackend, SearchBackend, SearchOutcome, web_search
 from crewline.settings import Settings
+from crewline.telemetry import Tracing
 
 
 def default_search_backend(settings: Settings) -> SearchBackend | None:
@@ -19,7 +20,10 @@ def default_search_backend(settings: Settings) -> SearchBackend | None:
 
 
 def build_tools(
-    settings: Settings, engine: Engine, search_backend: SearchBackend | None
+    settings: Settings,
+    engine: Engine,
+    search_backend: SearchBackend | None,
+    tracing: Tracing | None = None,
 ) -> ToolRegistry:
     async def _record(
         ctx: ToolContext, tool: str, args: dict[str, Any], summary: str, seq: int
@@ -28,7 +32,7 @@ def build_tools(
             store.record_intent, engine, ctx.run_id, ctx.agent, seq, tool, summary, args
         )
 
-    registry = ToolRegistry(recorder=_record)
+    registry = ToolRegistry(recorder=_record, tracing=tracing)
 
     async def _search(ctx: ToolContext, query: str) -> SearchOutcome:
         return await web_search(search_backend, query, settings.search_max_results)

@@ -17,13 +17,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Header, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from opentelemetry import trace
 from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import EngineDep, SettingsDep, TemporalDep
+from api.deps import EngineDep, MetricsDep, SettingsDep, TemporalDep, TracingDep
 from api.errors import documented, invalid
 from api.schemas import (
     MAX_OFFSET,
@@ -51,6 +52,7 @@ from api.security import (
 from api.shadow import start_shadow_quietly
 from crewline.db import Intent, Run, artifacts_of, intents_of, session_scope, steps_of
 from crewline.settings import ConfigurationError, Settings
+from crewline.telemetry import current_trace_id
 from versioning import shadow
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, StepRetry
 
@@ -64,19 +66,24 @@ _TEMPORAL_TERMINAL = {
 }
 
 
-def _links(settings: Settings, run_id: str) -> RunLinks:
+def _links(settings: Settings, run_id: str, trace_id: str | None = None) -> RunLinks:
     ui = f"http://127.0.0.1:{settings.temporal_ui_port}"
+    trace = None
+    if trace_id and settings.jaeger_ui_url:
+        trace = f"{settings.jaeger_ui_url.rstrip('/')}/trace/{trace_id}"
     return RunLinks(
         self=f"/runs/{run_id}",
         artifacts=f"/runs/{run_id}/artifacts",
         cancel=f"/runs/{run_id}/cancel",
         costs=f"/runs/{run_id}/costs",
         temporal_ui=f"{ui}/namespaces/{settings.temporal_namespace}/workflows/{run_id}",
+        trace=trace,
     )
 
 
 def _run_summary(settings: Settings, run: Run) -> RunOut:
-    return RunOut.model_validate({**run.model_dump(), "links": _links(settings, run.run_id)})
+    links = _links(settings, run.run_id, run.trace_id)
+    return RunOut.model_validate({**run.model_dump(), "links": links})
 
 
 def _artifacts(engine: Engine, run_id: str) -> list[ArtifactOut]:
@@ -173,6 +180,8 @@ async def create_run(
     client: TemporalDep,
     background: BackgroundTasks,
     key: Runner,
+    tracing: TracingDep,
+    metrics: MetricsDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> RunAccepted:
     """Start a run. With an `Idempotency-Key`, a retried request answers the run it started."""
@@ -193,6 +202,7 @@ async def create_run(
         provider=provider,
         dry_run=dry_run or None,
         key_id=key.key_id,
+        trace_id=current_trace_id(),  # this request's trace: the run's spans join it
     )
     claimed = await run_in_threadpool(_claim, engine, run)
     if claimed.run_id != run.run_id:
@@ -212,7 +222,8 @@ async def create_run(
         return RunAccepted(
             run_id=claimed.run_id,
             status=RunStatus(claimed.status),
-            links=_links(settings, claimed.run_id),
+            trace_id=claimed.trace_id,
+            links=_links(settings, claimed.run_id, claimed.trace_id),
         )
     try:
         await client.start_workflow(
@@ -241,9 +252,15 @@ async def create_run(
             "is the server up? (`make up` starts the embedded one)",
         ) from None
     # After the response is sent: a shadow never touches the primary's latency or result.
-    background.add_task(start_shadow_quietly, client, settings, engine, run)
+    background.add_task(
+        start_shadow_quietly, client, settings, engine, run, tracing=tracing, metrics=metrics,
+        primary_span=trace.get_current_span().get_span_context(),
+    )  # fmt: skip
     return RunAccepted(
-        run_id=run.run_id, status=RunStatus.QUEUED, links=_links(settings, run.run_id)
+        run_id=run.run_id,
+        status=RunStatus.QUEUED,
+        trace_id=run.trace_id,
+        links=_links(settings, run.run_id, run.trace_id),
     )
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, StrictFloat, field_validator
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from api.deps import EngineDep, SettingsDep, TemporalDep
+from api.deps import EngineDep, MetricsDep, SettingsDep, TemporalDep
 from api.errors import documented
 from api.routes.versions import VersionId, _known, _temporal
 from api.schemas import DivergenceDetail, DivergenceOut
@@ -119,7 +119,12 @@ class Calibration(BaseModel):
     responses=documented(409, 503),
 )
 async def calibrate(
-    key: Admin, body: CalibrateIn, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+    key: Admin,
+    body: CalibrateIn,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
+    metrics: MetricsDep,
 ) -> Calibration:
     """Re-run recent inputs on the active version itself (dry-run, shadow spend): how far two
     honest runs of one version already differ is each agent's noise floor. The verdicts arrive
@@ -145,7 +150,7 @@ async def calibrate(
     started = []
     for run in recent:
         run_id = f"{run.run_id}-calib-{uuid.uuid4().hex[:6]}"
-        if await start_shadow_run(client, settings, engine, run, active, left, run_id):
+        if await start_shadow_run(client, settings, engine, run, active, left, run_id, metrics):
             started.append(run_id)
     return Calibration(version=active, shadow_runs=started)
 
