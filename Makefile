@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup up test lint format bench clean
+.PHONY: setup system-deps up test lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -12,6 +12,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+# System packages the tests use, installed when missing (Debian/Ubuntu, as root): PostgreSQL's
+# server, for the tests that run on both SQLite and PostgreSQL.
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "missing system packages:$$missing (install them as root; without them some tests skip)"; \
+	  fi; \
+	fi
 
 up: setup  ## the embedded stack: Temporal dev server (persisted), worker, API on :8000
 	$(BIN)/crewline up

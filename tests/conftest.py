@@ -30,6 +30,7 @@ from crewline.db import make_engine
 from crewline.settings import Settings
 from crewline.temporal import dev_server_path, test_server_path, tuning_args
 from tests.fakes import FakeGroq
+from tests.pg import PostgresServer, server_binaries
 from workers.main import build_worker
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput, PipelineResult, StepRetry
 
@@ -81,6 +82,35 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Tests marked `both_databases` run once on SQLite and once on a real PostgreSQL server.
+    marked = metafunc.definition.get_closest_marker("both_databases")
+    if marked and "db_backend" in metafunc.fixturenames:
+        metafunc.parametrize("db_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def db_backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (started only if a test needs it)."""
+    bindir = server_binaries()
+    if bindir is None:
+        message = (
+            "no PostgreSQL server binaries: `apt-get install postgresql` (`.ci/run` installs "
+            "it; in CI its absence fails the run)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def client(dev_env: WorkflowEnvironment) -> Client:
     return dev_env.client
@@ -94,9 +124,20 @@ def fake_groq() -> Iterator[FakeGroq]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, fake_groq: FakeGroq, dev_env: WorkflowEnvironment) -> Settings:
-    """Groq provider pointed at the fake server; everything written under tmp_path."""
+def settings(
+    tmp_path: Path,
+    fake_groq: FakeGroq,
+    dev_env: WorkflowEnvironment,
+    db_backend: str,
+    request: pytest.FixtureRequest,
+) -> Settings:
+    """Groq provider pointed at the fake server; everything written under tmp_path; the app
+    database SQLite there, or a fresh PostgreSQL database (tests marked `both_databases`)."""
+    database_url = None
+    if db_backend == "postgresql":
+        database_url = request.getfixturevalue("postgres").new_database()
     return Settings(
+        DATABASE_URL=database_url,
         LLM_PROVIDER="groq",
         GROQ_API_KEY="gsk_test_secret_key_123",
         GROQ_BASE_URL=fake_groq.base_url,

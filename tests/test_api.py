@@ -15,6 +15,8 @@ from crewline.settings import Settings
 from tests.conftest import AUTH, assert_eventually
 from tests.fakes import FakeGroq, Hang
 
+pytestmark = pytest.mark.both_databases
+
 
 async def _finished(api: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
     body: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio.client import Client
 
 from costs.ledger import calls_of
@@ -24,6 +25,7 @@ from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Reply
 from tests.procs import WorkerProcesses
 
+pytestmark = pytest.mark.both_databases
 SEED = 1125
 KILLS = 4
 # Four runs without a budget worth mentioning, two whose budget runs out around the third step:

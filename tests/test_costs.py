@@ -25,6 +25,8 @@ from tests.fakes import FakeGroq, Hang, Reply, Status
 from workers.main import build_worker
 from workflows.pipeline import AGENT_ORDER, AgentPipelineWorkflow
 
+pytestmark = pytest.mark.both_databases
+
 MODEL = "llama-3.3-70b-versatile"
 
 

@@ -12,6 +12,8 @@ import structlog
 from crewline.logging import configure_logging
 from crewline.temporal import server_env
 
+pytestmark = pytest.mark.both_databases
+
 KEY = "gsk_" + "Zz9Yy8Xx7Ww6" * 4
 
 
