@@ -9,7 +9,6 @@ from typing import Any
 import groq
 import httpx
 import pytest
-import yaml
 
 from activities.errors import backoff_delay, classify, retry_after_seconds
 from activities.research import needs_research
@@ -135,37 +134,6 @@ def test_settings_say_what_to_set() -> None:
     assert KEY not in repr(settings) and KEY not in str(settings.model_dump())
     with pytest.raises(ValueError, match="unknown agents"):
         Settings(AGENT_MODELS='{"reviewer": "x"}', _env_file=None)
-
-
-def test_docker_compose_is_consistent() -> None:
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert {"temporal", "temporal-db", "temporal-ui", "app-db", "api", "worker"} <= set(services)
-    assert services["worker"]["command"] == ["crewline", "worker"]
-    assert services["api"]["command"] == ["crewline", "api"]
-    known = {f.alias for f in Settings.model_fields.values()}
-    for name in ("api", "worker"):
-        env = services[name]["environment"]
-        assert set(env) <= known, (
-            f"{name} sets variables crewline does not read: {set(env) - known}"
-        )
-        assert "GROQ_API_KEY" not in env  # secrets come from .env
-    # Nothing published on every interface by default; the databases not at all.
-    published = {n: s["ports"] for n, s in services.items() if "ports" in s}
-    assert set(published) == {"temporal", "temporal-ui", "api"}
-    for ports in published.values():
-        assert all(p.startswith("${CREWLINE_BIND:-127.0.0.1}:") for p in ports), ports
-    assert "localhost" in services["api"]["environment"]["ALLOWED_HOSTS"]
-    images = [s["image"] for s in services.values() if "image" in s]
-    assert all(":" in i and not i.endswith(":latest") for i in images)
-    assert (REPO / "Dockerfile").is_file()
-    # Versioned workers need a server with worker heartbeats, and the flags that enable them.
-    tag = services["temporal"]["image"].rpartition(":")[2]
-    assert tuple(int(p) for p in tag.split(".")) >= (1, 29, 1)
-    mounted = services["temporal"]["volumes"][0].split(":")[0]
-    flags = yaml.safe_load((REPO / mounted).read_text())
-    assert flags["frontend.WorkerHeartbeatsEnabled"][0]["value"] is True
-    assert flags["frontend.ListWorkersEnabled"][0]["value"] is True
 
 
 def test_breaker_state_machine() -> None:
