@@ -30,6 +30,7 @@ from activities.calls import CallOutcome, MeteredCaller
 from activities.heartbeat import heartbeating
 from activities.llm import LLMProvider, LLMResponse
 from activities.prompts import render
+from activities.ratelimit import RateLimiter
 from activities.research import needs_research, shared_research
 from activities.tools import ToolContext, ToolRegistry
 from activities.tools.files import parse_files
@@ -148,9 +149,11 @@ class AgentActivities:
         version: str | None = None,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         """`version`: the snapshot id this worker serves (None: unversioned working tree); every
-        run, step and ledger row it writes names it."""
+        run, step and ledger row it writes names it. `limiter`: the deployment's shared provider
+        rate limits (None: none configured)."""
         self._settings = settings
         self._llm = llm
         self._engine = engine
@@ -167,6 +170,7 @@ class AgentActivities:
             version=version,
             metrics=self._metrics,
             tracing=tracing,
+            limiter=limiter,
         )
 
     # ---- helpers --------------------------------------------------------------------------------

@@ -31,8 +31,15 @@ from temporalio.exceptions import ApplicationError
 
 from activities import store
 from activities.breaker import BreakerOpenError, BreakerRegistry, CircuitBreaker
-from activities.errors import classify, cut_off_reason
+from activities.errors import (
+    answered,
+    classify,
+    cut_off_reason,
+    reached_provider,
+    retry_after_seconds,
+)
 from activities.llm import LLMProvider, LLMRequest, LLMResponse
+from activities.ratelimit import RateLimiter, Throttle, blocked_for
 from costs import ledger
 from costs.budget import BudgetExhaustedError, CallPlan, estimate_tokens, plan_call
 from costs.ledger import cost_of_activity
@@ -57,6 +64,7 @@ class _Attempt:
     request: LLMRequest
     breaker: CircuitBreaker
     worst: LedgerEntry
+    grant: int | None  # its rate-limit grant (None: the model has no limit)
 
 
 @dataclass(frozen=True)
@@ -78,12 +86,14 @@ class MeteredCaller:
         version: str | None = None,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._settings, self._llm, self._engine = settings, llm, engine
         self._pricer, self._breakers, self.worker_id = pricer, breakers, worker_id
         self._version = version
         self._metrics = metrics or Metrics()
         self._tracing = tracing or Tracing(None)
+        self._throttle = Throttle(limiter, llm.name, self._metrics, settings.rate_limit_max_wait_s)
         # Backoff jitter; seedable (RETRY_JITTER_SEED) so a test can predict the delays.
         self._rng = random.Random(settings.retry_jitter_seed)
 
@@ -140,6 +150,13 @@ class MeteredCaller:
             ) from None
         breaker = self._breakers.get(self._llm.name, model)
         await self._admit(breaker, run_id, agent, step, model)
+
+        async def waiting(reason: str) -> None:  # the step waits for a rate-limit slot
+            fields = {**step, "status": "WAITING_FOR_RATE_LIMIT", "error": reason}
+            await self._db(store.upsert_step, run_id, agent, **fields)
+
+        key = f"{info.workflow_id}/{info.activity_id}/{info.attempt}"
+        grant = await self._throttle.slot(model, prompt_estimate + plan.max_tokens, key, waiting)
         worst = self._worst_case(run_id, agent, model, prompt_estimate, plan, shadow)
         reserved = functools.partial(
             store.upsert_step_in, run_id=run_id, agent=agent, reserved_usd=plan.reserved_usd, **step
@@ -149,7 +166,7 @@ class MeteredCaller:
             agent=agent, model=model, system=system, user=user,
             max_tokens=plan.max_tokens, temperature=self._settings.llm_temperature, tag=run_id,
         )  # fmt: skip
-        attempt = _Attempt(run_id, agent, request, breaker, worst)
+        attempt = _Attempt(run_id, agent, request, breaker, worst, grant)
         with self._span(request, run_id, shadow, breaker, lost) as span:
             response = await self._complete(attempt, span)
             entry = self._entry(
@@ -157,6 +174,8 @@ class MeteredCaller:
             )
             self._annotate(span, response, entry)
         await self._moved(breaker, breaker.on_success())
+        used = entry.prompt_tokens + entry.completion_tokens
+        await self._throttle.answered(model, grant, used, response.rate_headers)
         then = None
         if settle is not None:
             fields = settle(response, spent + entry.cost_usd)
@@ -186,7 +205,8 @@ class MeteredCaller:
         try:
             response = await self._llm.complete(call.request)
         except asyncio.CancelledError:
-            # The request may be at the provider: it stays charged at its worst case.
+            # The request may be at the provider: it stays charged at its worst case (and its
+            # rate-limit grant stays counted).
             call.breaker.on_abandoned()
             call.worst.cut_off_by = "cancelled"
             cancelled = functools.partial(
@@ -290,9 +310,10 @@ class MeteredCaller:
             secrets=self._llm.secrets(),
             rng=self._rng,
         )
-        await self._moved(
-            breaker, breaker.on_answer() if error.non_retryable else breaker.on_failure()
-        )
+        # A permanent error or a 429 is an answer: the provider is up (a 429 is its quota).
+        rate_limited = error.type == "LLMRateLimited"
+        answer = error.non_retryable or rate_limited
+        await self._moved(breaker, breaker.on_answer() if answer else breaker.on_failure())
         status = "FAILED" if error.non_retryable else "ERROR"
         failed = functools.partial(
             store.upsert_step_in, run_id=run_id, agent=agent, status=status,
@@ -304,7 +325,14 @@ class MeteredCaller:
         else:  # no usage reported, but the provider may have done the work: its worst case
             await self._db(ledger.settle, worst, then=failed)
             self.charged(worst)
-        self._call_outcome(worst.model, "permanent" if error.non_retryable else "retryable")
+        # A 429's own hints (retry-after, x-ratelimit-reset-*) hold every worker back.
+        headers = exc.response.headers if rate_limited and answered(exc) else None  # type: ignore[attr-defined]
+        await self._throttle.failed(
+            worst.model, call.grant, sent=reached_provider(exc), answered=answered(exc),
+            wait_s=(retry_after_seconds(headers) or blocked_for(headers)) if headers else None,
+        )  # fmt: skip
+        outcome = "rate_limited" if rate_limited else "retryable"
+        self._call_outcome(worst.model, "permanent" if error.non_retryable else outcome)
         fail(span, error.type or "LLMError", error.message)
         log.warning("agent.call_failed", agent=agent, run_id=run_id, error=error.message)
         # `from None`: the provider exception may echo request details; the classified

@@ -49,6 +49,17 @@ def cut_off_reason(exc: BaseException) -> str | None:
     return None
 
 
+def answered(exc: BaseException) -> bool:
+    """The provider answered with an error status (it saw the request)."""
+    return isinstance(exc, STATUS_ERRORS)
+
+
+def reached_provider(exc: BaseException) -> bool:
+    """Whether the failed request may have reached the provider (it counts against its rate
+    limit); False only when it provably never left (refused, or failed before sending)."""
+    return answered(exc) or cut_off_reason(exc) is not None
+
+
 def backoff_delay(
     attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None
 ) -> float:
@@ -118,9 +129,11 @@ def classify(
             asked = retry_after_seconds(exc.response.headers)
             if asked is not None:
                 delay = max(delay, asked)
+            # A 429 is the provider's quota, not an outage: the breaker leaves it alone and the
+            # shared rate limiter holds every worker back (activities/ratelimit.py).
             return ApplicationError(
                 f"{where}: provider error ({status}), will retry in {delay:.1f}s: {detail}",
-                type="LLMTransient",
+                type="LLMRateLimited" if status == 429 else "LLMTransient",
                 next_retry_delay=timedelta(seconds=delay),
             )
         return ApplicationError(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeVar
 
 from temporalio import activity
 
@@ -20,6 +21,16 @@ HEARTBEAT_EVERY_S = 2.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
+# What this activity's heartbeats carry (Temporal shows them with the pending activity: the Web
+# UI, `temporal workflow describe`), e.g. that the step waits for a rate-limit slot.
+_details: ContextVar[list[Any]] = ContextVar("heartbeat_details")
+
+
+def report(*details: Any) -> None:
+    """Let the next heartbeats of the running activity carry `details` (none: clear them)."""
+    holder = _details.get(None)
+    if holder is not None:
+        holder[:] = details
 
 
 def heartbeating(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -27,13 +38,16 @@ def heartbeating(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        holder: list[Any] = []
+        _details.set(holder)  # the activity's own task: the beat task below inherits it
+
         async def beat() -> None:
             # At once, then every interval: under load an activity can start running in the
             # worker well after the server marked it started (eager dispatch), and the first beat
             # is what moves the heartbeat deadline past that wait. (Delaying it saved 0.4 ms a
             # step; the benchmark then saw one activity of 15,000 time out and run twice.)
             while True:
-                activity.heartbeat()
+                activity.heartbeat(*holder)
                 await asyncio.sleep(HEARTBEAT_EVERY_S)
 
         beater = asyncio.create_task(beat())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -47,6 +48,8 @@ class LLMResponse(BaseModel):
     raw_usage: dict[str, Any] | None = None
     usage_estimated: bool = False
     scripted: bool = False
+    # The provider's rate-limit headers (x-ratelimit-*), for the shared limiter to adapt to.
+    rate_headers: dict[str, str] = {}
 
 
 class LLMProvider(Protocol):
@@ -91,7 +94,8 @@ class _ChatCompletionsProvider:
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         try:
-            raw = await self._client.chat.completions.create(
+            # The raw response: its rate-limit headers tell the shared limiter what is left.
+            answer = await self._client.chat.completions.with_raw_response.create(
                 model=request.model,
                 messages=[
                     {"role": "system", "content": request.system},
@@ -101,9 +105,16 @@ class _ChatCompletionsProvider:
                 temperature=request.temperature,
                 **({"user": request.tag} if request.tag else {}),
             )
+            raw = answer.parse()
+            if inspect.isawaitable(raw):  # groq's async raw response parses asynchronously
+                raw = await raw
         except (self._validation_error, json.JSONDecodeError) as exc:
             raise MalformedResponseError(f"{type(exc).__name__}: {exc}") from exc
-        return _parse_completion(raw, self.name, request.model)
+        parsed = _parse_completion(raw, self.name, request.model)
+        parsed.rate_headers = {
+            k: v for k, v in answer.headers.items() if k.lower().startswith("x-ratelimit-")
+        }
+        return parsed
 
     def secrets(self) -> list[str]:
         return [self._key]

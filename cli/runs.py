@@ -31,6 +31,7 @@ def _step_line(step: dict[str, Any]) -> str:
     status = step["status"]
     mark = {
         "COMPLETED": "✓", "FAILED": "✗", "CANCELLED": "■", "ERROR": "!", "WAITING": "…",
+        "WAITING_FOR_RATE_LIMIT": "…",
         "BUDGET_EXCEEDED": "$", "WAITING_FOR_BUDGET": "$",
     }.get(status, "▶")  # fmt: skip
     tokens = ""
@@ -41,7 +42,7 @@ def _step_line(step: dict[str, Any]) -> str:
     model = f"  [{step['model']}]" if step.get("model") else ""
     if step.get("cost_usd") is not None:
         tokens += f"  ${Decimal(step['cost_usd']):.6f}"
-    label = "working…" if status == "RUNNING" else status.lower()
+    label = "working…" if status == "RUNNING" else status.lower().replace("_for_", " for ")
     return (
         f"  {mark} {step['agent']:<10} {label:<10} {_elapsed(step)}{tokens}{model}{attempt}{extra}"
     )

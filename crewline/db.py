@@ -194,6 +194,29 @@ class BreakerRow(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class RateBucket(SQLModel, table=True):
+    """One provider model's shared rate limit (`activities/ratelimit.py`): its row lock orders
+    the grants of every worker; `blocked_until` is when the provider said to come back."""
+
+    __tablename__ = "rate_bucket"
+
+    key: str = Field(primary_key=True, max_length=200)  # provider/model
+    touched: float = 0.0  # the database's clock at the last grant (epoch seconds)
+    blocked_until: float | None = None
+
+
+class RateGrant(SQLModel, table=True):
+    """A call let through a rate limit: when (the database's clock) and how many tokens."""
+
+    __tablename__ = "rate_grant"
+
+    id: int | None = Field(default=None, primary_key=True)
+    bucket: str = Field(index=True, max_length=200)
+    at: float = Field(index=True)
+    tokens: int = 0
+    attempt: str = Field(max_length=300)  # workflow/activity/attempt, for the logs
+
+
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     # WAL lets the API read while the worker writes; busy_timeout rides out the short write
     # locks instead of failing with "database is locked".

@@ -64,7 +64,8 @@ class Metrics:
         # LLM calls
         self.llm_calls = Counter(
             "crewline_llm_calls",
-            "LLM calls by outcome: ok, retryable, permanent, breaker_open, cancelled",
+            "LLM calls by outcome: ok, retryable, rate_limited, permanent, breaker_open, "
+            "cancelled",
             ["provider", "model", "outcome"], registry=r,
         )  # fmt: skip
         self.llm_seconds = Histogram(
@@ -78,6 +79,15 @@ class Metrics:
         self.cost = Counter(
             "crewline_llm_cost_usd", "USD charged in the ledger (estimated rows included)",
             ["agent", "model", "version", "shadow"], registry=r,
+        )  # fmt: skip
+        # the shared rate limit
+        self.rate_waits = Counter(
+            "crewline_rate_limit_waits", "Agent steps that waited for a rate-limit slot",
+            ["provider", "model"], registry=r,
+        )  # fmt: skip
+        self.rate_wait_seconds = Histogram(
+            "crewline_rate_limit_wait_seconds", "How long a step waited for its slot",
+            ["provider", "model"], buckets=_SLOW_BUCKETS, registry=r,
         )  # fmt: skip
         # circuit breakers (per worker process)
         self.breaker_state = Gauge(

@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from costs.pricing import ModelPrice
@@ -24,6 +24,15 @@ ProviderName = Literal["groq", "openai", "scripted"]
 
 class ConfigurationError(Exception):
     """Configuration that cannot work; the message says what to set."""
+
+
+class RateLimit(BaseModel):
+    """A provider model's limits (an `LLM_RATE_LIMITS` entry); None: no limit on that axis."""
+
+    model_config = {"extra": "forbid"}
+
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -54,6 +63,18 @@ class Settings(BaseSettings):
     llm_step_timeout_s: float = Field(default=1800.0, alias="LLM_STEP_TIMEOUT_S", gt=0)
     breaker_threshold: int = Field(default=5, alias="BREAKER_FAILURE_THRESHOLD", ge=1)
     breaker_open_s: float = Field(default=30.0, alias="BREAKER_OPEN_S", gt=0)
+    # Provider rate limits, kept across all workers of the deployment (activities/ratelimit.py):
+    # GROQ_RATE_LIMIT requests per minute for every Groq model; LLM_RATE_LIMITS per model, JSON:
+    # {"llama-3.3-70b-versatile": {"requests_per_minute": 30, "tokens_per_minute": 12000}}.
+    groq_rate_limit: int | None = Field(default=None, alias="GROQ_RATE_LIMIT", gt=0)
+    llm_rate_limits: Annotated[dict[str, RateLimit], NoDecode] = Field(
+        default_factory=dict, alias="LLM_RATE_LIMITS"
+    )
+    # The window the limits count in (a minute; tests shorten it).
+    rate_limit_window_s: float = Field(default=60.0, alias="RATE_LIMIT_WINDOW_S", gt=0)
+    # The longest one attempt of a step waits for a slot; past it, Temporal retries the step
+    # once the slot is due (that uses an attempt).
+    rate_limit_max_wait_s: float = Field(default=120.0, alias="RATE_LIMIT_MAX_WAIT_S", gt=0)
     # --- costs ---------------------------------------------------------------------------------
     # Explicit prices for models genai-prices does not know (local / OpenAI-compatible), per
     # million tokens: MODEL_PRICES='{"llama3.1": {"input_per_mtok": "0", "output_per_mtok": "0"}}'
@@ -138,7 +159,7 @@ class Settings(BaseSettings):
     # Where the worker's metrics endpoint listens (0.0.0.0 in containers).
     worker_metrics_host: str = Field(default="127.0.0.1", alias="WORKER_METRICS_HOST")
 
-    @field_validator("agent_models", "model_prices", mode="before")
+    @field_validator("agent_models", "model_prices", "llm_rate_limits", mode="before")
     @classmethod
     def _parse_json(cls, value: object) -> object:
         if isinstance(value, str):
@@ -226,6 +247,17 @@ class Settings(BaseSettings):
             "LLM_PROVIDER=openai with LLM_BASE_URL/LLM_MODEL for a local OpenAI-compatible "
             "server, or LLM_PROVIDER=scripted for the offline demo provider (canned answers)."
         )
+
+    def rate_limits(self) -> dict[str, RateLimit]:
+        """The limit of each model the agents use that has one (LLM_RATE_LIMITS first, then
+        GROQ_RATE_LIMIT for the Groq models)."""
+        limits = dict(self.llm_rate_limits)
+        if self.groq_rate_limit is not None and self.provider() == "groq":
+            for agent in AGENTS:
+                limits.setdefault(
+                    self.model_for(agent), RateLimit(requests_per_minute=self.groq_rate_limit)
+                )
+        return limits
 
     def model_for(self, agent: str) -> str:
         if agent in self.agent_models:

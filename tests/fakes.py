@@ -80,6 +80,12 @@ class FakeGroq:
         self.responder: Callable[[str, dict[str, Any]], str | None] | None = None
         # (request body) -> seconds to hang before answering nothing, or None.
         self.hang_when: Callable[[dict[str, Any]], float | None] | None = None
+        # (N, window_s): like a provider's rate limit, at most N requests in any window_s
+        # (sliding, counted on arrival); beyond it a 429 with retry-after. Every answer then
+        # carries x-ratelimit-remaining-requests / x-ratelimit-reset-requests.
+        self.rate_limit: tuple[int, float] | None = None
+        self.admitted: list[float] = []
+        self.rejected = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -117,6 +123,31 @@ class FakeGroq:
 
     def count(self, agent: str) -> int:
         return len(self.calls(agent))
+
+    def _admit(self) -> dict[str, str] | None:
+        """Rate-limit headers for an admitted request; None (and a 429 counted) past the limit."""
+        if self.rate_limit is None:
+            return {}
+        limit, window = self.rate_limit
+        with self._lock:
+            now = time.monotonic()
+            self.admitted = [t for t in self.admitted if t > now - window]
+            if len(self.admitted) >= limit:
+                self.rejected += 1
+                return None
+            self.admitted.append(now)
+            reset = self.admitted[0] + window - now  # until the oldest leaves the window
+            return {
+                "x-ratelimit-limit-requests": str(limit),
+                "x-ratelimit-remaining-requests": str(limit - len(self.admitted)),
+                "x-ratelimit-reset-requests": f"{max(reset, 0.0):.2f}s",
+            }
+
+    def _retry_after(self) -> str:
+        assert self.rate_limit is not None
+        with self._lock:
+            now = time.monotonic()
+            return f"{max(self.admitted[0] + self.rate_limit[1] - now, 0.01):.2f}"
 
     def _next_action(self, agent: str, run_id: str | None) -> Any:
         with self._lock:
@@ -157,6 +188,15 @@ class FakeGroq:
                 agent = match.group(1).lower() if match else "unknown"
                 with fake._lock:
                     fake.requests.append(Seen(agent=agent, at=time.monotonic(), body=payload))
+                limit_headers = fake._admit()
+                if limit_headers is None:
+                    error = {"error": {"message": "rate limit reached", "type": "requests"}}
+                    retry = {
+                        "retry-after": fake._retry_after(),
+                        "x-ratelimit-remaining-requests": "0",
+                    }
+                    self._send(429, json.dumps(error), retry)
+                    return
                 action = fake._next_action(agent, payload.get("user"))
                 hang = fake.hang_when(payload) if fake.hang_when else None
                 if hang:
@@ -213,7 +253,7 @@ class FakeGroq:
                         "total_tokens": prompt_tokens + completion_tokens,
                     },
                 }
-                self._send(200, json.dumps(body))
+                self._send(200, json.dumps(body), limit_headers)
 
         return Handler
 

@@ -24,6 +24,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 from activities.agents import AgentActivities
 from activities.breaker import BreakerRegistry
 from activities.llm import LLMProvider, build_provider
+from activities.ratelimit import RateLimiter
 from activities.shadow import ShadowActivities
 from activities.tools.builtin import build_tools, default_search_backend
 from activities.tools.search import SearchBackend
@@ -71,6 +72,8 @@ def build_worker(
     pricer = Pricer(llm.name, settings.model_prices)
     for agent in AGENTS:  # an unknown price is a start-up error, never a silent $0
         pricer.check(settings.model_for(agent))
+    limits = settings.rate_limits()
+    limiter = RateLimiter(engine, limits, settings.rate_limit_window_s) if limits else None
     activities = AgentActivities(
         settings=settings,
         llm=llm,
@@ -81,6 +84,7 @@ def build_worker(
         version=version,
         metrics=metrics,
         tracing=tracing,
+        limiter=limiter,
     )
     if version is not None:
         worker_options["deployment_config"] = WorkerDeploymentConfig(
