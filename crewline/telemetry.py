@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from temporalio.contrib.opentelemetry import TracingInterceptor
 
 from crewline.secrets import redact
 from crewline.settings import Settings
@@ -63,9 +64,7 @@ class Tracing:
         """Temporal client interceptors (a client's workers inherit them); none when off."""
         if self.provider is None:
             return []
-        from temporalio.contrib.opentelemetry import TracingInterceptor
-
-        return [TracingInterceptor(self.tracer)]
+        return [_RunTracing(self.tracer)]
 
     def text(self, value: str) -> str | None:
         """Content for a span attribute: only with TRACE_CONTENT=true, redacted and truncated."""
@@ -96,6 +95,17 @@ class Tracing:
     def shutdown(self) -> None:
         if self.provider is not None:
             self.provider.shutdown()
+
+
+class _RunTracing(TracingInterceptor):
+    """Temporal's TracingInterceptor for the client (StartWorkflow…) and activities
+    (RunActivity…), with a relay for its workflow half (`workflows/tracing.py`): the steps'
+    spans hang off the request's, without a span per workflow task."""
+
+    def workflow_interceptor_class(self, input: Any) -> type[Any]:
+        from workflows.tracing import TraceRelay  # workflow code, kept with the workflows
+
+        return TraceRelay
 
 
 def fail(span: Span, error_type: str, message: str) -> None:
