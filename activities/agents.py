@@ -346,6 +346,8 @@ class AgentActivities:
                 position=AGENTS.index(update.failed_agent), status="FAILED",
                 error=update.error, finished_at=utcnow(),
             )  # fmt: skip
+        if update.status == "CANCELLED":
+            await self._db(store.note_cancelled, update.run_id, update.cancelled_agent)
         if update.cancelled_agent:
             await self._db(
                 store.upsert_step, update.run_id, update.cancelled_agent,

@@ -305,6 +305,7 @@ class MeteredCaller:
             provider=self._llm.name,
             key_var=self._llm.key_var,
             attempt=activity.info().attempt,
+            url=self._llm.url,
             base_s=self._settings.retry_base_s,
             cap_s=self._settings.retry_cap_s,
             secrets=self._llm.secrets(),

@@ -102,6 +102,7 @@ def classify(
     provider: str,
     key_var: str,
     attempt: int,
+    url: str = "",
     base_s: float,
     cap_s: float,
     secrets: list[str],
@@ -148,7 +149,7 @@ def classify(
         )
     if isinstance(exc, CONNECTION_ERRORS):
         return ApplicationError(
-            f"{where}: provider unreachable (connection error)",
+            f"{where}: provider unreachable at {url or 'its URL'} (connection error)",
             type="LLMUnreachable",
             next_retry_delay=jitter,
         )

@@ -55,6 +55,7 @@ class LLMResponse(BaseModel):
 class LLMProvider(Protocol):
     name: str
     key_var: str
+    url: str  # where its requests go (for messages; never carries a key)
 
     async def complete(self, request: LLMRequest) -> LLMResponse: ...
 
@@ -88,6 +89,7 @@ class _ChatCompletionsProvider:
 
     name: str
     key_var: str
+    url: str
     _key: str
     _client: Any
     _validation_error: type[Exception]
@@ -128,6 +130,7 @@ class GroqProvider(_ChatCompletionsProvider):
     def __init__(self, settings: Settings) -> None:
         assert settings.groq_api_key is not None
         self._key = settings.groq_api_key.get_secret_value()
+        self.url = settings.groq_base_url or "https://api.groq.com"
         self._client = groq.AsyncGroq(
             api_key=self._key,
             base_url=settings.groq_base_url,
@@ -144,6 +147,7 @@ class OpenAICompatProvider(_ChatCompletionsProvider):
     def __init__(self, settings: Settings) -> None:
         # Local servers (Ollama, vLLM) ignore the key, but the SDK insists on one.
         self._key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "unused"
+        self.url = settings.llm_base_url or "?"
         self._client = openai.AsyncOpenAI(
             api_key=self._key,
             base_url=settings.llm_base_url,
@@ -157,6 +161,7 @@ class ScriptedProvider:
 
     name = "scripted"
     key_var = "LLM_PROVIDER"
+    url = "offline"
 
     def __init__(self, settings: Settings) -> None:
         self._delay = settings.scripted_delay_s

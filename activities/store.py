@@ -54,6 +54,19 @@ def update_run(engine: Engine, run_id: str, **fields: Any) -> None:
         session.add(run)
 
 
+def note_cancelled(engine: Engine, run_id: str, agent: str | None) -> None:
+    """Say where a cancelled run stopped, after who cancelled it (written by the API)."""
+    with session_scope(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            return
+        where = f" at step {agent}" if agent else " between steps"
+        reason = run.error or "cancelled"
+        if where not in reason:
+            run.error = reason + where
+        session.add(run)
+
+
 def record_artifact(engine: Engine, run_id: str, path: str, size_bytes: int, sha256: str) -> None:
     with session_scope(engine) as session:
         stmt = select(Artifact).where(Artifact.run_id == run_id, Artifact.path == path)

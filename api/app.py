@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 
 from api import errors, security
+from api.probe import ProviderProbe
 from api.routes import costs, health, keys, metrics, runs, shadow, versions
 from crewline import keys as key_store
 from crewline.db import make_engine
@@ -45,6 +46,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.tracing = tracing
+        app.state.provider_probe = ProviderProbe()
         app.state.engine = engine or make_engine(settings.resolved_database_url)
         app.state.temporal = client or await connect(
             settings, lazy=True, interceptors=tracing.interceptors()

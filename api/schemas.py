@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
+    PlainSerializer,
     StrictBool,
     WithJsonSchema,
     field_validator,
@@ -73,6 +74,19 @@ def _micro(value: Decimal) -> Decimal:
 
 Money = Annotated[
     Decimal, BeforeValidator(_plain_decimal), AfterValidator(_micro), WithJsonSchema(_MONEY_SCHEMA)
+]
+
+
+def plain(value: Decimal) -> str:
+    """Money out as a plain decimal string: "0.00012", "0" — never "1.2E-4" or "0E-10"."""
+    return "0" if value == 0 else format(value, "f")
+
+
+# Money in answers (a decimal string, as the schema says).
+Usd = Annotated[
+    Decimal,
+    PlainSerializer(plain, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$"}),
 ]
 Timestamp = Annotated[datetime, BeforeValidator(_iso_utc)]
 
@@ -147,7 +161,7 @@ class StepOut(BaseModel):
     completion_tokens: int | None
     attempt: int
     error: str | None
-    cost_usd: Decimal | None
+    cost_usd: Usd | None
     started_at: datetime | None
     finished_at: datetime | None
 
@@ -204,7 +218,7 @@ class RunOut(BaseModel):
     run_id: str
     query: str
     status: RunStatus
-    budget_usd: Decimal | None
+    budget_usd: Usd | None
     provider: str | None
     final_answer: str | None
     error: str | None
@@ -214,8 +228,12 @@ class RunOut(BaseModel):
     )
     dry_run: bool | None = None
     shadow_of: str | None = Field(default=None, description="the primary run this shadows")
+    key_id: str | None = Field(default=None, description="the API key that started it (its id)")
     trace_id: str | None = Field(
         default=None, description="its OpenTelemetry trace id, when tracing is on"
+    )
+    spent_usd: Usd | None = Field(
+        default=None, description="what its LLM calls cost so far (settled ledger rows)"
     )
     created_at: datetime
     updated_at: datetime
@@ -238,9 +256,9 @@ class CallOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    cost_usd: Decimal
-    input_per_mtok: Decimal | None
-    output_per_mtok: Decimal | None
+    cost_usd: Usd
+    input_per_mtok: Usd | None
+    output_per_mtok: Usd | None
     price_source: str
     usage_source: str
     state: str = Field(
@@ -257,10 +275,10 @@ class CallOut(BaseModel):
 
 class RunCosts(BaseModel):
     run_id: str
-    budget_usd: Decimal | None
-    total_usd: Decimal
-    reserved_usd: Decimal
-    by_agent: dict[str, Decimal]
+    budget_usd: Usd | None
+    total_usd: Usd
+    reserved_usd: Usd
+    by_agent: dict[str, Usd]
     calls: list[CallOut]
 
 
@@ -269,16 +287,16 @@ class CostGroup(BaseModel):
     calls: int
     prompt_tokens: int
     completion_tokens: int
-    total_usd: Decimal
+    total_usd: Usd
     estimated_calls: int = Field(
         default=0, description="calls without reported usage (cut off), charged their worst case"
     )
-    estimated_usd: Decimal = Field(default=Decimal(0), description="what those calls add up to")
+    estimated_usd: Usd = Field(default=Decimal(0), description="what those calls add up to")
 
 
 class CostReport(BaseModel):
     group_by: str
-    total_usd: Decimal
+    total_usd: Usd
     groups: int
     limit: int
     offset: int

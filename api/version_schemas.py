@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, StrictBool
 
+from api.schemas import Usd
+
 VERSION_ID_PATTERN = r"^snap-[0-9a-f]{12}$"
 
 
@@ -23,8 +25,8 @@ class VersionSummary(BaseModel):
     candidate: bool = False
     live_workers: int = 0
     runs: int = 0
-    spend_usd: Decimal = Decimal(0)
-    shadow_spend_usd: Decimal = Decimal(0)
+    spend_usd: Usd = Decimal(0)
+    shadow_spend_usd: Usd = Decimal(0)
 
 
 class VersionList(BaseModel):

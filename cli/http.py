@@ -29,8 +29,10 @@ def api_client(settings: Settings, timeout: float = 10) -> httpx.Client:
 def request(
     settings: Settings, method: str, path: str, *, expect_json: bool = True, **kwargs: Any
 ) -> Any:
-    """The decoded JSON answer (None for a body-less answer), or exit 2 with the API's message."""
+    """The decoded JSON answer (None for a body-less answer; the bytes with `raw=True`), or exit
+    2 with the API's message."""
     timeout = kwargs.pop("timeout", 30)
+    raw = kwargs.pop("raw", False)
     try:
         with api_client(settings, timeout) as client:
             response = client.request(method, path, **kwargs)
@@ -55,4 +57,6 @@ def request(
                 f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in detail
             )
         fail(f"{detail} (HTTP {response.status_code})")
+    if raw:
+        return response.content
     return response.json() if expect_json else None

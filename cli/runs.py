@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -60,38 +62,74 @@ def _spend(run: dict[str, Any]) -> str:
     return f"${spent:.6f}{budget}"
 
 
+class _Lines:
+    """Step lines as a run goes on. On a terminal, the working step has one line that keeps
+    its elapsed time current (rewritten in place); every step ends with one permanent line."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self._live = False
+
+    def say(self, text: str) -> None:
+        self._clear()
+        typer.echo(text)
+
+    def working(self, agent: str, seconds: float) -> None:
+        if self.tty:
+            sys.stdout.write(f"\r\x1b[2K  ▶ {agent:<10} working…   {seconds:5.1f}s")
+            sys.stdout.flush()
+            self._live = True
+
+    def _clear(self) -> None:
+        if self._live:
+            sys.stdout.write("\r\x1b[2K")
+            self._live = False
+
+
 def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
+    lines = _Lines()
     seen: dict[str, tuple[str, int]] = {}
+    since: dict[str, float] = {}  # when this CLI first saw each step working
     status = ""
     started = time.monotonic()
     while True:
         run = request(settings, "GET", f"/runs/{run_id}")
+        working = None
         for step in run["steps"]:
             key = (step["status"], step["attempt"])
+            if step["status"] == "RUNNING":
+                working = step["agent"]
+                since.setdefault(step["agent"], time.monotonic())
             if seen.get(step["agent"]) != key:
                 seen[step["agent"]] = key
-                typer.echo(_step_line(step))
+                if step["status"] != "RUNNING" or not lines.tty:
+                    lines.say(_step_line(step))
         if run["status"] != status:
             status = run["status"]
             if status == "WAITING_FOR_BUDGET":
-                typer.echo(
+                lines.say(
                     f"  paused: {run.get('error')}\n  raise it with: crewline budget {run_id} <usd>"
                 )
         if run["status"] in TERMINAL_STATUSES:
             elapsed = time.monotonic() - started
-            typer.echo(f"  run {run['status']} in {elapsed:.1f}s, spent {_spend(run)}")
+            lines.say(f"  run {run['status']} in {elapsed:.1f}s, spent {_spend(run)}")
             return run  # type: ignore[no-any-return]
-        time.sleep(0.5)
+        for _ in range(5):  # the timer ticks every 0.1 s between polls
+            if working is not None:
+                lines.working(working, time.monotonic() - since[working])
+            time.sleep(0.1)
 
 
 def _print_outcome(settings: Settings, run: dict[str, Any]) -> int:
     if run["status"] == "COMPLETED":
         typer.echo("\n" + (run.get("final_answer") or ""))
         if run["artifacts"]:
-            where = (settings.artifacts_dir / run["run_id"]).resolve()
-            typer.echo(f"\nArtifacts ({len(run['artifacts'])}) in {where}:")
+            # Where the files are is the API's business (another directory, another machine):
+            # the CLI fetches them from it.
+            typer.echo(f"\nArtifacts ({len(run['artifacts'])}), kept by the API:")
             for artifact in run["artifacts"]:
                 typer.echo(f"  {artifact['path']}  ({artifact['size_bytes']} bytes)")
+            typer.echo(f"  fetch them: crewline artifacts {run['run_id']} --download DIR")
         if run.get("shadow"):
             shadow = run["shadow"]
             alerts = [d for d in shadow["divergences"] if d["alert"]]
@@ -109,7 +147,10 @@ def _print_outcome(settings: Settings, run: dict[str, Any]) -> int:
             typer.echo("\nNOTE: LLM_PROVIDER=scripted — canned offline answers, not a real model.")
         return 0
     agent = f" at {run['failed_agent']}" if run.get("failed_agent") else ""
-    typer.echo(f"\nrun {run['status']}{agent}: {run.get('error') or ''}", err=True)
+    reason = run.get("error") or (
+        "cancelled" if run["status"] == "CANCELLED" else "no reason given"
+    )
+    typer.echo(f"\nrun {run['status']}{agent}: {reason}", err=True)
     return 1
 
 
@@ -154,6 +195,39 @@ def status(run_id: str) -> None:
     if found["status"] in TERMINAL_STATUSES:
         exit_hard(_print_outcome(settings, found))
     exit_hard(0)
+
+
+def artifacts(
+    run_id: str,
+    download: Annotated[
+        Path | None, typer.Option("--download", help="Write the files under this directory")
+    ] = None,
+) -> None:
+    """List a run's artifacts, or download them from the API (from any machine)."""
+    settings = Settings()
+    listed = request(settings, "GET", f"/runs/{run_id}/artifacts")
+    if not listed:
+        typer.echo(f"{run_id} has no artifacts")
+        exit_hard(0)
+    for artifact in listed:
+        digest = artifact["sha256"][:12]
+        line = f"{artifact['path']}  ({artifact['size_bytes']} bytes, sha256 {digest})"
+        if download is not None:
+            target = _inside(download, artifact["path"])
+            body = request(settings, "GET", artifact["url"], expect_json=False, raw=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(body)
+            line += f"  → {target}"
+        typer.echo(line)
+    exit_hard(0)
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """`relative` under `root`, refusing anything that would land outside it."""
+    target = (root / relative).resolve()
+    if root.resolve() not in target.parents:
+        fail(f"refusing to write {relative!r} outside {root}")
+    return target
 
 
 def list_runs(

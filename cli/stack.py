@@ -190,6 +190,7 @@ def _banner(settings: Settings, server: DevServer, active: str) -> str:
     label = " (offline canned answers, not a real model)" if provider == "scripted" else ""
     return (
         f"crewline is up — LLM provider: {provider}{label}\n"
+        f"  Dashboard {settings.resolved_api_url}/   (sign in with the API key below)\n"
         f"  API       {settings.resolved_api_url}   (docs: {settings.resolved_api_url}/docs)\n"
         f"  Web UI    http://{server.ip}:{server.ui_port}\n"
         f"  Temporal  {server.address}   (history: {server.db_file})\n"

@@ -133,6 +133,43 @@ def cost_of_activity(
         return from_pico(int(session.exec(stmt).one())), lost
 
 
+def daily(
+    engine: Engine, by: GroupBy, *, since: datetime, key_id: str | None = None
+) -> list[tuple[str, str, Decimal]]:
+    """Settled spend per UTC day and group since `since`: (day, group, USD), days ascending."""
+    key: Any = {
+        "agent": LedgerEntry.agent,
+        "model": LedgerEntry.model,
+        "version": func.coalesce(LedgerEntry.version, "unversioned"),
+        "key": func.coalesce(LedgerEntry.key_id, "none"),
+    }[by]
+    day = func.substr(cast(col(LedgerEntry.created_at), String), 1, 10)
+    filters: list[Any] = [_SETTLED, col(LedgerEntry.created_at) >= since]
+    if key_id is not None:
+        filters.append(col(LedgerEntry.key_id) == key_id)
+    with Session(engine) as session:
+        stmt = (
+            select(day, key, func.sum(LedgerEntry.cost_pusd))  # type: ignore[call-overload]
+            .where(*filters)
+            .group_by(day, key)
+            .order_by(day)
+        )
+        return [(str(d), str(k), from_pico(int(c or 0))) for d, k, c in session.exec(stmt)]
+
+
+def spent_by_run(engine: Engine, run_ids: list[str]) -> dict[str, Decimal]:
+    """What each run has spent (settled rows), in one query for a page of runs."""
+    if not run_ids:
+        return {}
+    with Session(engine) as session:
+        stmt = (
+            select(LedgerEntry.run_id, func.sum(LedgerEntry.cost_pusd))
+            .where(col(LedgerEntry.run_id).in_(run_ids), _SETTLED)
+            .group_by(LedgerEntry.run_id)
+        )
+        return {run_id: from_pico(int(total or 0)) for run_id, total in session.exec(stmt)}
+
+
 def calls_of(engine: Engine, run_id: str) -> list[LedgerEntry]:
     with Session(engine) as session:
         stmt = select(LedgerEntry).where(LedgerEntry.run_id == run_id).order_by(col(LedgerEntry.id))

@@ -58,9 +58,10 @@ class Pricer:
         cached_tokens: int = 0,
         raw_usage: dict[str, Any] | None = None,
     ) -> Priced:
-        if self.provider == "scripted":
-            return Priced(Decimal(0), Decimal(0), Decimal(0), "scripted provider: not a real model")
         override = self._override(model)
+        if self.provider == "scripted" and override is None:
+            # Free unless MODEL_PRICES gives the demo model a price (to see spend in a demo).
+            return Priced(Decimal(0), Decimal(0), Decimal(0), "scripted provider: not a real model")
         if override is not None:
             cost = (
                 prompt_tokens * override.input_per_mtok

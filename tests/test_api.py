@@ -141,12 +141,13 @@ async def test_no_provider_configured_is_503_with_what_to_set(
     assert health.status_code == 503 and health.json()["llm"]["ok"] is False
 
 
-async def test_health_reports_parts(api: httpx.AsyncClient) -> None:
+async def test_health_reports_parts(api: httpx.AsyncClient, fake_groq: FakeGroq) -> None:
     response = await api.get("/health")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok" and body["database"]["ok"] and body["temporal"]["ok"]
-    assert body["llm"] == {"ok": True, "provider": "groq"}
+    # The provider was probed (the fake answers, if not with a model list): reachable.
+    assert body["llm"] == {"ok": True, "provider": "groq", "url": fake_groq.base_url}
 
 
 async def test_temporal_down_is_503_and_leaves_no_row(settings: Settings, engine: Any) -> None:
@@ -164,3 +165,18 @@ async def test_temporal_down_is_503_and_leaves_no_row(settings: Settings, engine
     assert health.status_code == 503 and health.json()["temporal"]["ok"] is False
     assert response.status_code == 503 and "127.0.0.1:1" in response.json()["detail"]
     assert listed.json()["total"] == 0
+
+
+async def test_health_probes_the_provider_and_names_where_it_is(
+    client: Client, settings: Settings, engine: Any
+) -> None:
+    down = settings.model_copy(update={"groq_base_url": "http://127.0.0.1:1"})
+    app = create_app(down, client=client, engine=engine)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            answer = await http.get("/health")
+    assert answer.status_code == 503
+    llm = answer.json()["llm"]
+    assert llm["ok"] is False and "unreachable at http://127.0.0.1:1" in llm["error"]
+    assert "gsk_" not in answer.text  # the key never shows

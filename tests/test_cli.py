@@ -96,3 +96,41 @@ async def test_costs_table_shows_what_was_estimated(
         (c["agent"], c["state"], c["cut_off_by"]) for c in calls if c["usage_source"] == "estimated"
     ]
     assert cut == [("executor", "settled", "timeout")]
+
+
+async def test_artifacts_come_from_the_api_and_a_cancel_says_who_and_where(
+    api_url: str, new_worker: Callable[..., Worker], fake_groq: FakeGroq, tmp_path: Path
+) -> None:
+    from tests.conftest import assert_eventually
+    from tests.fakes import Hang
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    async with new_worker():
+        done = await run_cli("run", "Build a snake game", api_url=api_url, cwd=elsewhere)
+        assert done.returncode == 0, done.stderr
+        run_id = done.stdout.split("run ", 1)[1].split()[0]
+        assert f"crewline artifacts {run_id} --download DIR" in done.stdout
+        assert str(tmp_path) not in done.stdout  # no path guessed on the client
+        fetched = await run_cli(
+            "artifacts", run_id, "--download", str(tmp_path / "got"), api_url=api_url, cwd=elsewhere
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        assert (tmp_path / "got" / "snake.py").read_text().strip() == "print('snake')"
+
+        fake_groq.script("planner", Hang(20))
+        started = await run_cli(
+            "run", "--no-wait", "Build a snake game", api_url=api_url, cwd=elsewhere
+        )
+        stuck = started.stdout.strip()
+        await assert_eventually(lambda: fake_groq.count("planner") == 2, timeout=30)
+        assert (await run_cli("cancel", stuck, api_url=api_url, cwd=elsewhere)).returncode == 0
+
+        async def cancelled() -> bool:
+            shown = await run_cli("status", stuck, api_url=api_url, cwd=elsewhere)
+            return "CANCELLED" in shown.stdout.splitlines()[0]
+
+        await assert_eventually(cancelled, timeout=30, interval=0.5)
+    shown = await run_cli("status", stuck, api_url=api_url, cwd=elsewhere)
+    assert shown.returncode == 1
+    assert "cancelled by admin-" in shown.stderr and "at step planner" in shown.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,25 @@ def test_api_status_enum_matches_the_shared_list() -> None:
     from crewline.statuses import RUN_STATUSES
 
     assert [s.value for s in RunStatus] == list(RUN_STATUSES)
+
+
+def test_money_leaves_the_api_as_a_plain_decimal() -> None:
+    from api.schemas import StepOut, plain
+
+    assert plain(Decimal("0E-10")) == "0" and plain(Decimal("1.2E-4")) == "0.00012"
+    step = StepOut(
+        agent="coder", status="COMPLETED", output=None, notes=None, model=None, provider=None,
+        prompt_tokens=None, completion_tokens=None, attempt=1, error=None,
+        cost_usd=Decimal("0E-10"), started_at=None, finished_at=None,
+    )  # fmt: skip
+    assert step.model_dump(mode="json")["cost_usd"] == "0"
+
+
+def test_an_unreachable_provider_is_named_by_its_url() -> None:
+    request = httpx.Request("POST", "http://127.0.0.1:1/openai/v1/chat/completions")
+    exc = groq.APIConnectionError(request=request)
+    error = classify(
+        exc, agent="coder", provider="groq", key_var="GROQ_API_KEY", attempt=1,
+        base_s=0.1, cap_s=1, secrets=[], url="http://127.0.0.1:1",
+    )  # fmt: skip
+    assert "unreachable at http://127.0.0.1:1" in error.message

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, text
 
 from api.deps import EngineDep, SettingsDep, TemporalDep
 from crewline.db import breakers
-from crewline.settings import ConfigurationError
 
 router = APIRouter(tags=["health"])
 
@@ -29,18 +28,21 @@ def _database(engine: Engine) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 @router.get("/health")
 async def health(
-    response: Response, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    engine: EngineDep,
+    client: TemporalDep,
 ) -> dict[str, Any]:
+    """Each part's state; 503 if any is down. The provider is probed (its model list, cached
+    for 10 s), so a configured but unreachable endpoint shows as down."""
     database, breaker_rows = await run_in_threadpool(_database, engine)
     temporal: dict[str, Any] = {"ok": True, "address": settings.temporal_address}
     try:
         await asyncio.wait_for(client.service_client.check_health(), timeout=3)
     except Exception as exc:
         temporal.update(ok=False, error=type(exc).__name__)
-    try:
-        llm: dict[str, Any] = {"ok": True, "provider": settings.provider()}
-    except ConfigurationError as exc:
-        llm = {"ok": False, "error": str(exc)}
+    llm = await request.app.state.provider_probe.check(settings)
     parts = {"api": {"ok": True}, "database": database, "temporal": temporal, "llm": llm}
     healthy = all(part["ok"] for part in parts.values())
     if not healthy:

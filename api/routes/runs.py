@@ -24,6 +24,7 @@ from sqlmodel import Session, col, select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities import store
 from api.deps import EngineDep, MetricsDep, SettingsDep, TemporalDep, TracingDep
 from api.errors import documented, invalid
 from api.schemas import (
@@ -50,6 +51,7 @@ from api.security import (
     visible_run,
 )
 from api.shadow import start_shadow_quietly
+from costs import ledger
 from crewline.db import Intent, Run, artifacts_of, intents_of, session_scope, steps_of
 from crewline.settings import ConfigurationError, Settings
 from crewline.telemetry import current_trace_id
@@ -81,9 +83,9 @@ def _links(settings: Settings, run_id: str, trace_id: str | None = None) -> RunL
     )
 
 
-def _run_summary(settings: Settings, run: Run) -> RunOut:
+def _run_summary(settings: Settings, run: Run, spent: Decimal | None = None) -> RunOut:
     links = _links(settings, run.run_id, run.trace_id)
-    return RunOut.model_validate({**run.model_dump(), "links": links})
+    return RunOut.model_validate({**run.model_dump(), "links": links, "spent_usd": spent})
 
 
 def _artifacts(engine: Engine, run_id: str) -> list[ArtifactOut]:
@@ -109,8 +111,10 @@ def _intent_out(run_id: str, intent: Intent) -> IntentOut:
     )
 
 
-def _run_detail(settings: Settings, engine: Engine, run: Run) -> RunOut:
-    out = _run_summary(settings, run)
+def run_detail(settings: Settings, engine: Engine, run: Run) -> RunOut:
+    """A run with its steps, artifacts, intents, spend and shadow verdicts."""
+    spent = ledger.spent_by_run(engine, [run.run_id]).get(run.run_id, Decimal(0))
+    out = _run_summary(settings, run, spent)
     out.steps = [
         StepOut.model_validate(s, from_attributes=True) for s in steps_of(engine, run.run_id)
     ]
@@ -276,13 +280,21 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     shadows: Annotated[bool, Query(description="include shadow runs")] = False,
+    version: Annotated[str | None, Query(max_length=64, description="ran on this version")] = None,
+    text: Annotated[
+        str | None, Query(alias="q", max_length=200, description="words in the query")
+    ] = None,
 ) -> RunPage:
-    """Newest first. A `run`-scoped key lists only the runs it started."""
+    """Newest first, with each run's spend. A `run`-scoped key lists only the runs it started."""
     filters: list[Any] = []
     if not shadows:
         filters.append(col(Run.shadow_of).is_(None))
     if status_filter is not None:
         filters.append(Run.status == status_filter.value)
+    if version:
+        filters.append(Run.version == version)
+    if text:
+        filters.append(col(Run.query).contains(text, autoescape=True))
     for only in {key.runs_of, started_by} - {None}:
         filters.append(Run.key_id == only)
     with Session(engine) as session:
@@ -291,7 +303,8 @@ def list_runs(
         rows = session.exec(
             stmt.order_by(col(Run.created_at).desc()).offset(offset).limit(limit)
         ).all()
-    items = [_run_summary(settings, r) for r in rows]
+    spent = ledger.spent_by_run(engine, [r.run_id for r in rows])
+    items = [_run_summary(settings, r, spent.get(r.run_id, Decimal(0))) for r in rows]
     return RunPage(items=items, total=int(total), limit=limit, offset=offset)
 
 
@@ -321,7 +334,7 @@ async def read_run(
     # Temporal down: the database view is still worth showing.
     with contextlib.suppress(RPCError, RuntimeError):
         run = await _reconcile(client, engine, run)
-    return await run_in_threadpool(_run_detail, settings, engine, run)
+    return await run_in_threadpool(run_detail, settings, engine, run)
 
 
 @router.post(
@@ -337,9 +350,15 @@ async def cancel_run(
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"run {run_id} already ended with status {run.status}"
         )
+    # Who cancelled, written first: the worker adds where the run stopped when it records
+    # CANCELLED (and a refused cancel puts the row back as it was).
+    await run_in_threadpool(
+        store.update_run, engine, run_id, error=f"cancelled by {key.name} ({key.key_id})"
+    )
     try:
         await client.get_workflow_handle(run_id).cancel()
     except (RPCError, RuntimeError) as exc:
+        await run_in_threadpool(store.update_run, engine, run_id, error=run.error)
         if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
             raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} has no workflow") from None
         raise HTTPException(

@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from api.deps import EngineDep, MetricsDep, SettingsDep, TemporalDep
 from api.errors import documented
 from api.routes.versions import VersionId, _known, _temporal
-from api.schemas import DivergenceDetail, DivergenceOut
+from api.schemas import DivergenceDetail, DivergenceOut, Usd
 from api.security import AUTH_RESPONSES, Admin, Reader
 from api.shadow import start_shadow_run
 from crewline.db import LedgerEntry, Run, from_pico
@@ -36,8 +36,8 @@ class ShadowState(BaseModel):
     candidate: str | None
     rate: float
     paused: str | None = None
-    daily_cap_usd: Decimal
-    spent_today_usd: Decimal
+    daily_cap_usd: Usd
+    spent_today_usd: Usd
 
 
 def state(settings: Settings, engine: Engine) -> ShadowState:
@@ -189,8 +189,8 @@ class VersionReport(BaseModel):
     compared_runs: int
     per_agent: dict[str, AgentReport]
     intents_differ: list[str]
-    candidate_spend_usd: Decimal
-    active_spend_usd: Decimal  # the primaries of the shadowed runs
+    candidate_spend_usd: Usd
+    active_spend_usd: Usd  # the primaries of the shadowed runs
     candidate_seconds_p50: float | None
     active_seconds_p50: float | None
 
