@@ -13,6 +13,7 @@ COPY api api
 COPY workers workers
 COPY versioning versioning
 COPY costs costs
+COPY dashboard dashboard
 RUN pip install --no-cache-dir '.[postgres]'
 USER crewline
 ENV CREWLINE_DATA_DIR=/data

@@ -14,10 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # System packages the tests use, installed when missing (Debian/Ubuntu, as root): PostgreSQL's
-# server, for the tests that run on both SQLite and PostgreSQL.
+# server, for the tests that run on both SQLite and PostgreSQL, and Chromium, for the dashboard's
+# browser tests.
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \

@@ -10,9 +10,11 @@ import structlog
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+import dashboard
 from api import errors, security
 from api.probe import ProviderProbe
 from api.routes import costs, health, keys, metrics, runs, shadow, versions
@@ -62,7 +64,9 @@ def create_app(
         if own_tracing:
             tracing.shutdown()
 
-    app = FastAPI(
+    # The docs' Swagger UI and ReDoc assets are served from the fastapi-offline package, not a
+    # CDN: /docs works on an air-gapped machine.
+    app = FastAPIOffline(
         title="crewline",
         version="0.1.0",
         description="Durable multi-agent AI workflows on Temporal.",
@@ -77,6 +81,7 @@ def create_app(
     app.include_router(keys.router)
     app.include_router(health.router)
     metrics.install(app, registry)
+    dashboard.install(app)
     if tracing.provider is not None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

@@ -177,6 +177,19 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = None
 
 
+class DashboardSession(SQLModel, table=True):
+    """A browser signed in to the dashboard with an API key: the cookie holds a random token,
+    the database only its SHA-256 and the key's public id (a revoked key ends its sessions)."""
+
+    __tablename__ = "dashboard_session"
+
+    token_sha256: str = Field(primary_key=True, max_length=64)
+    key_id: str = Field(index=True, max_length=32)
+    csrf: str = Field(max_length=64)  # echoed by every form the session posts
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
 class BreakerRow(SQLModel, table=True):
     """Last known state of one worker's circuit breaker for one provider + model."""
 

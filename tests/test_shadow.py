@@ -20,7 +20,7 @@ from temporalio.client import Client
 from costs.ledger import calls_of
 from crewline.db import LedgerEntry, get_run, session_scope, steps_of
 from crewline.settings import Settings
-from tests.conftest import assert_eventually, run_cli
+from tests.conftest import ADMIN_KEY, assert_eventually, run_cli
 from tests.fakes import FakeGroq
 from tests.procs import WorkerProcesses
 from tests.snapshots import checkout, snapshot, wait_live
@@ -118,6 +118,12 @@ async def test_shadow_flags_a_decision_flip_and_not_a_rewording(
     shadow_run = (await api.get(f"/runs/{shadow_id}")).json()
     assert shadow_run["dry_run"] and shadow_run["shadow_of"] == flipped_id
     assert shadow_run["version"] == ids["flip"] and shadow_run["artifacts"] == []
+    # The dashboard's shadow report shows the flip side by side, the changed words marked.
+    signed = await api.post("/ui/login", data={"key": ADMIN_KEY})
+    assert signed.status_code == 303
+    page = (await api.get(f"/ui/versions?report={ids['flip']}")).text
+    assert f"Shadow report: <code>{ids['flip']}</code>" in page
+    assert "<del>React Native</del>" in page and "<ins>Flutter</ins>" in page
     assert [i["summary"] for i in shadow_run["intents"]] == ["would write snake.py (15 bytes)"]
     assert not (settings.artifacts_dir / shadow_id).exists()  # the shadow wrote no file
     assert (settings.artifacts_dir / flipped_id / "snake.py").is_file()  # the primary did

@@ -129,9 +129,10 @@ class Hygiene:
                 headers = list(msg.get("headers", []))
                 names = {k.lower() for k, _ in headers}
                 headers += [h for h in SECURITY_HEADERS if h[0] not in names]
-                if any(
+                html = any(
                     k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers
-                ):
+                )
+                if html and b"content-security-policy" not in names:  # pages may set a stricter
                     headers.append(HTML_CSP)
                 msg = {**msg, "headers": headers}
             await send(msg)

@@ -1,0 +1,56 @@
+"""Sign in with an API key, sign out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from dashboard import sessions
+from dashboard.sessions import COOKIE
+from dashboard.web import page
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path of this dashboard (never another site: no open redirect)."""
+    if target and target.startswith("/ui/") and not target.startswith("//"):
+        return target
+    return "/ui/runs"
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: str | None = None) -> HTMLResponse:
+    return page(request, "login.html", None, next=_safe_next(next))
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    key: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str | None, Form(max_length=500)] = None,
+) -> Response:
+    made = await run_in_threadpool(sessions.sign_in, request.app.state.engine, key)
+    if made is None:
+        return page(
+            request, "login.html", None, status_code=401, next=_safe_next(next),
+            error="That key is not valid: unknown or revoked.",
+        )  # fmt: skip
+    token, _ = made
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    sessions.set_cookie(request, response, token)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    # No CSRF check needed to sign out: the worst a forged request does is sign you out.
+    await run_in_threadpool(
+        sessions.sign_out, request.app.state.engine, request.cookies.get(COOKIE)
+    )
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response

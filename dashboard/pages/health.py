@@ -1,0 +1,36 @@
+"""Health: the API, database, Temporal and the LLM provider (probed), and each worker's circuit
+breakers with when an open one lets a probe through."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse
+
+from api.deps import EngineDep, SettingsDep, TemporalDep
+from api.routes import health as health_routes
+from dashboard.sessions import Viewer, viewer
+from dashboard.web import page
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+ViewerDep = Annotated[Viewer, Depends(viewer)]
+
+
+@router.get("/health", response_class=HTMLResponse)
+async def health_page(
+    request: Request, v: ViewerDep, settings: SettingsDep, engine: EngineDep, client: TemporalDep
+) -> HTMLResponse:
+    report = await health_routes.health(
+        request=request, response=Response(), settings=settings, engine=engine, client=client
+    )
+    open_for = timedelta(seconds=settings.breaker_open_s)
+    for row in report["breakers"]:
+        opened = row.get("opened_at")
+        row["probe_at"] = opened + open_for if row["state"] == "OPEN" and opened else None
+    parts = [(name, report[name]) for name in ("api", "database", "temporal", "llm")]
+    return page(
+        request, "health.html", v, report=report, parts=parts,
+        threshold=settings.breaker_threshold,
+    )  # fmt: skip
