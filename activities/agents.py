@@ -37,7 +37,7 @@ from activities.tools.files import parse_files
 from activities.tools.search import SearchOutcome
 from costs import ledger
 from costs.pricing import Pricer
-from crewline.db import utcnow
+from crewline.db import DbRunner, utcnow
 from crewline.metrics import Metrics
 from crewline.settings import AGENTS, Settings
 from crewline.statuses import TERMINAL_STATUSES
@@ -150,6 +150,7 @@ class AgentActivities:
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
         limiter: RateLimiter | None = None,
+        db: DbRunner | None = None,
     ) -> None:
         """`version`: the snapshot id this worker serves (None: unversioned working tree); every
         run, step and ledger row it writes names it. `limiter`: the deployment's shared provider
@@ -160,6 +161,7 @@ class AgentActivities:
         self._tools = tools
         self._version = version
         self._metrics = metrics or Metrics()
+        self._run = db or DbRunner(engine)
         self._caller = MeteredCaller(
             settings,
             llm,
@@ -171,12 +173,13 @@ class AgentActivities:
             metrics=self._metrics,
             tracing=tracing,
             limiter=limiter,
+            db=self._run,
         )
 
     # ---- helpers --------------------------------------------------------------------------------
     async def _db(self, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        # SQLAlchemy is synchronous: keep it off the worker's event loop.
-        await asyncio.to_thread(fn, self._engine, *args, **kwargs)
+        # SQLAlchemy is synchronous: keep it off the worker's event loop (crewline/db.py).
+        await self._run(fn, *args, **kwargs)
 
     async def _call(
         self, inp: AgentInput, system: str, user: str, *, notes: str | None = None,
@@ -337,7 +340,7 @@ class AgentActivities:
         if update.status in TERMINAL_STATUSES:
             # An attempt whose worker died mid-call and was never retried (the run failed or
             # was cancelled meanwhile) is charged now, at its worst case.
-            lost = await asyncio.to_thread(ledger.settle_lost, self._engine, run_id=update.run_id)
+            lost = await self._run(ledger.settle_lost, run_id=update.run_id)
             for row in lost:
                 self._caller.charged(row)
         if update.failed_agent:

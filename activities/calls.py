@@ -42,9 +42,9 @@ from activities.llm import LLMProvider, LLMRequest, LLMResponse
 from activities.ratelimit import RateLimiter, Throttle, blocked_for
 from costs import ledger
 from costs.budget import BudgetExhaustedError, CallPlan, estimate_tokens, plan_call
-from costs.ledger import cost_of_activity
+from costs.ledger import Charge, Row, cost_of_activity
 from costs.pricing import Pricer
-from crewline.db import LedgerEntry, to_pico
+from crewline.db import DbRunner, to_pico
 from crewline.metrics import Metrics
 from crewline.settings import Settings
 from crewline.telemetry import Tracing, fail
@@ -63,7 +63,7 @@ class _Attempt:
     agent: str
     request: LLMRequest
     breaker: CircuitBreaker
-    worst: LedgerEntry
+    worst: Charge
     grant: int | None  # its rate-limit grant (None: the model has no limit)
 
 
@@ -87,8 +87,10 @@ class MeteredCaller:
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
         limiter: RateLimiter | None = None,
+        db: DbRunner | None = None,
     ) -> None:
         self._settings, self._llm, self._engine = settings, llm, engine
+        self._run = db or DbRunner(engine)
         self._pricer, self._breakers, self.worker_id = pricer, breakers, worker_id
         self._version = version
         self._metrics = metrics or Metrics()
@@ -98,8 +100,8 @@ class MeteredCaller:
         self._rng = random.Random(settings.retry_jitter_seed)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        # SQLAlchemy is synchronous: keep it off the worker's event loop.
-        return await asyncio.to_thread(fn, self._engine, *args, **kwargs)
+        # SQLAlchemy is synchronous: keep it off the worker's event loop (crewline/db.py).
+        return await self._run(fn, *args, **kwargs)
 
     async def call(
         self,
@@ -254,7 +256,7 @@ class MeteredCaller:
             kind=SpanKind.CLIENT,
         )
 
-    def _annotate(self, span: Span, response: LLMResponse, entry: LedgerEntry) -> None:
+    def _annotate(self, span: Span, response: LLMResponse, entry: Charge) -> None:
         if not span.is_recording():
             return
         span.set_attributes(
@@ -270,7 +272,7 @@ class MeteredCaller:
         if completion is not None:
             span.set_attribute("gen_ai.completion", completion)
 
-    def charged(self, entry: LedgerEntry) -> None:
+    def charged(self, entry: Row) -> None:
         self._metrics.charged(
             agent=entry.agent, model=entry.model, version=entry.version, shadow=entry.shadow,
             input_tokens=entry.prompt_tokens, output_tokens=entry.completion_tokens,
@@ -342,7 +344,7 @@ class MeteredCaller:
 
     def _worst_case(
         self, run_id: str, agent: str, model: str, prompt: int, plan: CallPlan, shadow: bool
-    ) -> LedgerEntry:
+    ) -> Charge:
         """The attempt's row as reserved: the estimated prompt and all of `max_tokens`."""
         worst = LLMResponse(
             text="", model=model, provider=self._llm.name,
@@ -358,7 +360,7 @@ class MeteredCaller:
         *,
         estimated_prompt: int,
         shadow: bool = False,
-    ) -> LedgerEntry:
+    ) -> Charge:
         """This attempt's ledger row for `response`."""
         info = activity.info()
         reported = response.prompt_tokens is not None and response.completion_tokens is not None
@@ -374,7 +376,7 @@ class MeteredCaller:
             cached_tokens=response.cached_tokens,
             raw_usage=response.raw_usage if reported else None,
         )
-        entry = LedgerEntry(
+        entry = Charge(
             run_id=run_id,
             workflow_id=info.workflow_id or run_id,
             activity_id=info.activity_id,

@@ -7,15 +7,25 @@ rather than adding a duplicate.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from activities.breaker import BreakerSnapshot
-from crewline.db import Artifact, BreakerRow, Intent, Run, Step, session_scope, utcnow
+from crewline.db import (
+    Artifact,
+    BreakerRow,
+    Intent,
+    Run,
+    Step,
+    insert_for,
+    session_scope,
+    utcnow,
+)
 
 
 def upsert_step(engine: Engine, run_id: str, agent: str, **fields: Any) -> None:
@@ -29,15 +39,26 @@ def upsert_step(engine: Engine, run_id: str, agent: str, **fields: Any) -> None:
     raise RuntimeError(f"could not upsert step {run_id}/{agent}")
 
 
-def upsert_step_in(session: Session, run_id: str, agent: str, **fields: Any) -> None:
-    """The step upsert inside a caller's transaction (e.g. together with its ledger row)."""
-    stmt = select(Step).where(Step.run_id == run_id, Step.agent == agent)
-    step = session.exec(stmt).first()
-    if step is None:
-        step = Step(run_id=run_id, agent=agent)
-    for key, value in fields.items():
-        setattr(step, key, value)
-    session.add(step)
+def upsert_step_in(session: Session | Connection, run_id: str, agent: str, **fields: Any) -> None:
+    """The step upsert inside a caller's transaction (e.g. together with its ledger row): one
+    INSERT … ON CONFLICT (run, agent) DO UPDATE, on the agent's hot path. The statement for a
+    set of fields is built once and then executed with parameters."""
+    dialect = (session.get_bind() if isinstance(session, Session) else session).dialect.name
+    statement = _step_upsert(dialect, tuple(sorted(fields)))
+    params = {f"p_{k}": v for k, v in fields.items()}
+    session.execute(statement, {"p_run_id": run_id, "p_agent": agent, **params})
+
+
+@functools.lru_cache(maxsize=64)
+def _step_upsert(dialect: str, names: tuple[str, ...]) -> Any:
+    insert = insert_for(dialect, Step)
+    values: dict[str, Any] = {"run_id": bindparam("p_run_id"), "agent": bindparam("p_agent")}
+    stmt = insert.values(**values, **{n: bindparam(f"p_{n}") for n in names})
+    if not names:
+        return stmt.on_conflict_do_nothing(index_elements=["run_id", "agent"])
+    return stmt.on_conflict_do_update(
+        index_elements=["run_id", "agent"], set_={n: insert.excluded[n] for n in names}
+    )
 
 
 def update_run(engine: Engine, run_id: str, **fields: Any) -> None:

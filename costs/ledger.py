@@ -15,16 +15,17 @@ provider billed, and the next attempt's budget already counts it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Engine, String, case, cast, func, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, String, bindparam, case, cast, delete, func, update
 from sqlmodel import Session, col, select
 
-from crewline.db import LedgerEntry, Run, from_pico, session_scope
+from crewline.db import LedgerEntry, Run, from_pico, insert_for, session_scope, utcnow
 
 GroupBy = Literal["agent", "model", "day", "run", "version", "key"]
 
@@ -33,75 +34,123 @@ PENDING, SETTLED = "pending", "settled"
 # Rows that are spend (not a reservation in flight); rows from before `state` are settled.
 _SETTLED = func.coalesce(LedgerEntry.state, SETTLED) != PENDING
 _ESTIMATED = col(LedgerEntry.usage_source) == "estimated"
-Then = Callable[[Session], None] | None
+# Runs in the ledger write's transaction (e.g. the step row's update): one commit for both.
+Then = Callable[[Connection], None] | None
 # What settling changes in a reserved row (the rest — run, attempt, agent… — is the same).
-_SETTLES = {
+_SETTLES = (
     "model", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_pusd",
     "input_per_mtok", "output_per_mtok", "price_source", "usage_source", "state", "cut_off_by",
-}  # fmt: skip
+)  # fmt: skip
+_COLUMNS = tuple(c.name for c in LedgerEntry.__table__.columns if c.name != "id")  # type: ignore[attr-defined]
 
 
-def _attempt(entry: LedgerEntry) -> Any:
+@dataclass
+class Charge:
+    """One attempt's ledger row as the hot path writes it: a plain object (an ORM instance
+    costs more to build than the write itself). Field names are the ledger's columns."""
+
+    run_id: str
+    workflow_id: str
+    activity_id: str
+    attempt: int
+    agent: str
+    provider: str
+    model: str
+    version: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_pusd: int
+    input_per_mtok: str | None
+    output_per_mtok: str | None
+    price_source: str
+    usage_source: str
+    shadow: bool = False
+    state: str | None = None
+    cut_off_by: str | None = None
+    key_id: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return from_pico(self.cost_pusd)
+
+
+Row = Charge | LedgerEntry
+
+
+def _params(entry: Row) -> dict[str, Any]:
+    return {f"p_{name}": getattr(entry, name) for name in _COLUMNS}
+
+
+@functools.cache
+def _insert_statement(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (attempt) DO NOTHING RETURNING id, with the key that started the
+    run copied in by a subquery when the row names none. Built once: executed with parameters,
+    SQLAlchemy compiles it once too."""
+    values: dict[str, Any] = {name: bindparam(f"p_{name}") for name in _COLUMNS}
+    started_by = select(Run.key_id).where(Run.run_id == bindparam("p_run_id")).scalar_subquery()
+    values["key_id"] = func.coalesce(bindparam("p_key_id"), started_by)
     return (
-        (LedgerEntry.workflow_id == entry.workflow_id)
-        & (LedgerEntry.activity_id == entry.activity_id)
-        & (LedgerEntry.attempt == entry.attempt)
+        insert_for(dialect, LedgerEntry)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["workflow_id", "activity_id", "attempt"])
+        .returning(LedgerEntry.id)
     )
 
 
-def _insert(session: Session, entry: LedgerEntry) -> bool:
-    if entry.key_id is None:  # attributed to the key that started the run
-        started_by = select(Run.key_id).where(Run.run_id == entry.run_id)
-        entry.key_id = session.exec(started_by).first()
-    try:
-        with session.begin_nested():
-            session.add(entry)
-        return True
-    except IntegrityError:
-        return False
+_ATTEMPT = (
+    (col(LedgerEntry.workflow_id) == bindparam("p_workflow_id"))
+    & (col(LedgerEntry.activity_id) == bindparam("p_activity_id"))
+    & (col(LedgerEntry.attempt) == bindparam("p_attempt"))
+)
+_SETTLE = update(LedgerEntry).where(_ATTEMPT).values({k: bindparam(f"p_{k}") for k in _SETTLES})
+_RELEASE = delete(LedgerEntry).where(_ATTEMPT, col(LedgerEntry.state) == PENDING)
 
 
-def record_call(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> bool:
+def _insert(conn: Connection, entry: Row) -> bool:
+    """Write the attempt's row; False if this attempt was already recorded."""
+    statement = _insert_statement(conn.dialect.name)
+    return conn.execute(statement, _params(entry)).first() is not None
+
+
+def record_call(engine: Engine, entry: Row, *, then: Then = None) -> bool:
     """Insert the row; False if this attempt was already recorded (a retried write).
 
     `then` runs in the same transaction (e.g. the step row's settled cost and status), so the
     ledger and what it is attributed to commit together or not at all — and in one write.
     """
-    with session_scope(engine) as session:
-        recorded = _insert(session, entry)
+    # A Core transaction, not an ORM session: this is on every LLM call's path.
+    with engine.begin() as conn:
+        recorded = _insert(conn, entry)
         if then is not None:
-            then(session)
+            then(conn)
     return recorded
 
 
-def reserve(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> None:
+def reserve(engine: Engine, entry: Row, *, then: Then = None) -> None:
     """The attempt's pending row (its worst case), durable before the request is sent."""
     entry.state = PENDING
     record_call(engine, entry, then=then)
 
 
-def settle(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> None:
+def settle(engine: Engine, entry: Row, *, then: Then = None) -> None:
     """The attempt's final row, replacing its pending one (or written fresh)."""
     entry.state = SETTLED
-    fields = entry.model_dump(include=_SETTLES)
-    with session_scope(engine) as session:
+    with engine.begin() as conn:
         # One UPDATE by the attempt's key (no read first): this is on every call's path.
-        stmt = update(LedgerEntry).where(_attempt(entry)).values(**fields)
-        updated = session.execute(stmt.execution_options(synchronize_session=False))
-        if updated.rowcount == 0:  # type: ignore[attr-defined]
-            _insert(session, entry)
+        if conn.execute(_SETTLE, _params(entry)).rowcount == 0:
+            _insert(conn, entry)
         if then is not None:
-            then(session)
+            then(conn)
 
 
-def release(engine: Engine, entry: LedgerEntry, *, then: Then = None) -> None:
+def release(engine: Engine, entry: Row, *, then: Then = None) -> None:
     """Drop the attempt's pending row: the request provably never cost anything."""
-    with session_scope(engine) as session:
-        row = session.exec(select(LedgerEntry).where(_attempt(entry))).first()
-        if row is not None and row.state == PENDING:
-            session.delete(row)
+    with engine.begin() as conn:
+        conn.execute(_RELEASE, _params(entry))
         if then is not None:
-            then(session)
+            then(conn)
 
 
 def settle_lost(engine: Engine, *, run_id: str) -> list[LedgerEntry]:

@@ -7,15 +7,20 @@ steps, (run_id, path) for artifacts, run_id and idempotency_key for runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Engine,
     Numeric,
     Text,
@@ -25,6 +30,8 @@ from sqlalchemy import (
     text,
 )
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -279,6 +286,45 @@ def add_missing_columns(engine: Engine) -> list[str]:
             for index in table.indexes:  # create_all skips indexes of tables that existed
                 index.create(engine, checkfirst=True)
     return added
+
+
+def insert_for(where: Session | Connection | Engine | str, table: Any) -> Any:
+    """An INSERT that can say ON CONFLICT (SQLite and PostgreSQL both can, in their dialect);
+    `where`: a session, connection or engine, or the dialect's name."""
+    if isinstance(where, str):
+        dialect = where
+    else:
+        dialect = (where.get_bind() if isinstance(where, Session) else where).dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
+class DbRunner:
+    """Runs the app database's synchronous calls off the event loop, in threads of its own.
+
+    On SQLite one thread: one writer at a time in this process, so a write never waits on
+    SQLite's lock (whose busy handler sleeps in steps of milliseconds) behind another write of
+    the same worker — measured, contended writers were most of a worker's time under load. On
+    PostgreSQL a small pool: its row locks let writers of different runs go in parallel.
+    """
+
+    def __init__(self, engine: Engine, threads: int | None = None) -> None:
+        self.engine = engine
+        size = threads or (1 if engine.dialect.name == "sqlite" else 8)
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="crewline-db")
+
+    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(engine, *args, **kwargs)` in a database thread."""
+        call = functools.partial(fn, self.engine, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from activities.shadow import ShadowActivities
 from activities.tools.builtin import build_tools, default_search_backend
 from activities.tools.search import SearchBackend
 from costs.pricing import Pricer
-from crewline.db import make_engine
+from crewline.db import DbRunner, make_engine
 from crewline.metrics import Metrics, free_loopback_port, start_worker_metrics
 from crewline.settings import AGENTS, Settings
 from crewline.telemetry import Tracing, setup_tracing
@@ -74,17 +74,19 @@ def build_worker(
         pricer.check(settings.model_for(agent))
     limits = settings.rate_limits()
     limiter = RateLimiter(engine, limits, settings.rate_limit_window_s) if limits else None
+    db = DbRunner(engine)  # this worker's database threads (one writer on SQLite)
     activities = AgentActivities(
         settings=settings,
         llm=llm,
         engine=engine,
-        tools=build_tools(settings, engine, backend, tracing),  # type: ignore[arg-type]
+        tools=build_tools(settings, engine, backend, tracing, db),  # type: ignore[arg-type]
         pricer=pricer,
         breakers=breakers,
         version=version,
         metrics=metrics,
         tracing=tracing,
         limiter=limiter,
+        db=db,
     )
     if version is not None:
         worker_options["deployment_config"] = WorkerDeploymentConfig(

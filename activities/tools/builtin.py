@@ -11,6 +11,7 @@ from activities import store
 from activities.tools import ToolContext, ToolRegistry, ToolSpec
 from activities.tools.files import write_artifact
 from activities.tools.search import DdgsBackend, SearchBackend, SearchOutcome, web_search
+from crewline.db import DbRunner
 from crewline.settings import Settings
 from crewline.telemetry import Tracing
 
@@ -24,13 +25,14 @@ def build_tools(
     engine: Engine,
     search_backend: SearchBackend | None,
     tracing: Tracing | None = None,
+    db: DbRunner | None = None,
 ) -> ToolRegistry:
+    run = db or DbRunner(engine)
+
     async def _record(
         ctx: ToolContext, tool: str, args: dict[str, Any], summary: str, seq: int
     ) -> None:
-        await asyncio.to_thread(
-            store.record_intent, engine, ctx.run_id, ctx.agent, seq, tool, summary, args
-        )
+        await run(store.record_intent, ctx.run_id, ctx.agent, seq, tool, summary, args)
 
     registry = ToolRegistry(recorder=_record, tracing=tracing)
 
@@ -40,7 +42,7 @@ def build_tools(
     async def _write_file(ctx: ToolContext, path: str, content: str) -> str:
         root = settings.artifacts_dir / ctx.run_id
         rel, size, digest = await asyncio.to_thread(write_artifact, root, path, content)
-        await asyncio.to_thread(store.record_artifact, engine, ctx.run_id, rel, size, digest)
+        await run(store.record_artifact, ctx.run_id, rel, size, digest)
         return rel
 
     registry.register(
