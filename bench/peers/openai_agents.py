@@ -1,0 +1,31 @@
+"""The OpenAI Agents SDK on Temporal (its plugin): five agents run one after another by
+`Runner.run` inside a workflow; each model call is an activity; the model answers at once."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.client import Plugin
+
+from bench.peers import AGENTS, ANSWER
+
+with workflow.unsafe.imports_passed_through():
+    from agents import Agent, Runner
+    from temporalio.openai_agents import OpenAIAgentsPlugin
+    from temporalio.openai_agents.testing import ResponseBuilders, TestModel, TestModelProvider
+
+
+def plugin() -> Plugin:
+    model = TestModel(lambda: ResponseBuilders.output_message(ANSWER))
+    return OpenAIAgentsPlugin(model_provider=TestModelProvider(model))
+
+
+@workflow.defn(name="BenchOpenAIAgentsPipeline")
+class Pipeline:
+    @workflow.run
+    async def run(self, query: str) -> str:
+        text = query
+        for name in AGENTS:
+            agent = Agent(name=name, instructions=f"You are the {name}.", model="bench-model")
+            result = await Runner.run(agent, text)
+            text = str(result.final_output)
+        return text
