@@ -21,12 +21,12 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 from pydantic import BaseModel
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from temporalio import activity
 
 from activities import store
 from activities.breaker import BreakerRegistry
-from activities.calls import CallOutcome, MeteredCaller
+from activities.calls import CallOutcome, MeteredCaller, RunRow
 from activities.heartbeat import heartbeating
 from activities.llm import LLMProvider, LLMResponse
 from activities.prompts import render
@@ -58,6 +58,9 @@ class AgentInput(BaseModel):
     budget_left_usd: Decimal | None = None
     # A shadow run: the primary whose research it reuses; its calls are ledgered as shadow.
     shadow_of: str | None = None
+    # The run's status this step writes with its own rows: "RUNNING" (the first step),
+    # "COMPLETED" (the last). None: the workflow records it (runs from before that change).
+    run_status: str | None = None
 
 
 class AgentResult(BaseModel):
@@ -196,10 +199,30 @@ class AgentActivities:
         def completed(response: LLMResponse, cost: Decimal) -> dict[str, Any]:
             return self._completed_fields(response, cost, output=response.text, notes=notes)
 
-        return await self._caller.call(
+        outcome = await self._caller.call(
             inp.run_id, inp.agent, system, user, inp.budget_left_usd, step,
             settle=completed if completes else None, shadow=inp.shadow_of is not None,
+            run_row=self._run_row(inp),
         )  # fmt: skip
+        if inp.run_status is not None:
+            self._metrics.run_status(inp.run_status, self._version)
+        return outcome
+
+    def _run_row(self, inp: AgentInput) -> RunRow | None:
+        if inp.run_status == "RUNNING":
+            return RunRow(
+                at_reserve=functools.partial(
+                    store.run_started_in, run_id=inp.run_id, query=inp.query,
+                    provider=self._llm.name, version=self._version,
+                )
+            )  # fmt: skip
+        if inp.run_status == "COMPLETED":
+
+            def finished(conn: Connection, response: LLMResponse) -> None:
+                store.run_completed_in(conn, run_id=inp.run_id, final_answer=response.text)
+
+            return RunRow(at_settle=finished)
+        return None
 
     def _completed_fields(
         self, response: LLMResponse, cost: Decimal, *, output: str, notes: str | None

