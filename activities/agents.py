@@ -43,15 +43,19 @@ from crewline.settings import AGENTS, Settings
 from crewline.statuses import TERMINAL_STATUSES
 from crewline.telemetry import Tracing
 
-# Outputs handed back to the workflow are stored in its history: keep them bounded. The full
-# text is in the step row.
+# Outputs handed back to the workflow are stored in its history: keep them small. The full text
+# is in the step row (where the next steps read it); the history gets the finalizer's answer
+# (bounded) and, for the other steps, a preview that keeps the Web UI readable.
 MAX_RESULT_CHARS = 16_000
+PREVIEW_CHARS = 160
 
 
 class AgentInput(BaseModel):
     run_id: str
     query: str
     agent: str
+    # The earlier steps' outputs; empty: read from the step rows (runs started by today's
+    # workflow pass none, so outputs do not pile up in the history).
     context: dict[str, str] = {}
     dry_run: bool = False
     # What the run may still spend (budget - settled spend); None = no budget.
@@ -134,10 +138,10 @@ def agent_step(fn: Step) -> Step:
     return heartbeating(observed)
 
 
-def _bounded(text: str) -> str:
-    if len(text) <= MAX_RESULT_CHARS:
+def _bounded(text: str, limit: int = MAX_RESULT_CHARS) -> str:
+    if len(text) <= limit:
         return text
-    return text[:MAX_RESULT_CHARS] + f"\n…[truncated, {len(text)} chars in total]"
+    return text[:limit] + f"\n…[{len(text)} chars; the whole output is in the run's step row]"
 
 
 class AgentActivities:
@@ -248,9 +252,10 @@ class AgentActivities:
         self, inp: AgentInput, outcome: CallOutcome, output: str, **extra: Any
     ) -> AgentResult:
         response = outcome.response
+        whole = inp.agent == AGENTS[-1]  # the answer; the others' outputs are in their rows
         return AgentResult(
             agent=inp.agent,
-            output=_bounded(output),
+            output=_bounded(output, MAX_RESULT_CHARS if whole else PREVIEW_CHARS),
             model=response.model,
             provider=response.provider,
             prompt_tokens=response.prompt_tokens,
@@ -262,6 +267,12 @@ class AgentActivities:
             max_tokens_shrunk=outcome.max_tokens_shrunk,
             **extra,
         )
+
+    async def _context(self, inp: AgentInput) -> dict[str, str]:
+        """The earlier steps' outputs: passed by a workflow of before, else from their rows."""
+        if inp.context:
+            return inp.context
+        return await self._run(store.context_of, inp.run_id)
 
     # ---- the agents -----------------------------------------------------------------------------
     @activity.defn(name="researcher")
@@ -296,25 +307,28 @@ class AgentActivities:
     @activity.defn(name="planner")
     @agent_step
     async def plan(self, inp: AgentInput) -> AgentResult:
-        prompt = render("planner", query=inp.query, research=inp.context.get("researcher", ""))
+        context = await self._context(inp)
+        prompt = render("planner", query=inp.query, research=context.get("researcher", ""))
         outcome = await self._call(inp, prompt.system, prompt.user)
         return self._result(inp, outcome, outcome.response.text)
 
     @activity.defn(name="executor")
     @agent_step
     async def execute(self, inp: AgentInput) -> AgentResult:
-        prompt = render("executor", query=inp.query, plan=inp.context.get("planner", ""))
+        context = await self._context(inp)
+        prompt = render("executor", query=inp.query, plan=context.get("planner", ""))
         outcome = await self._call(inp, prompt.system, prompt.user)
         return self._result(inp, outcome, outcome.response.text)
 
     @activity.defn(name="coder")
     @agent_step
     async def code(self, inp: AgentInput) -> AgentResult:
+        context = await self._context(inp)
         prompt = render(
             "coder",
             query=inp.query,
-            plan=inp.context.get("planner", ""),
-            architecture=inp.context.get("executor", ""),
+            plan=context.get("planner", ""),
+            architecture=context.get("executor", ""),
         )
         outcome = await self._call(inp, prompt.system, prompt.user, completes=False)
         response = outcome.response
@@ -338,12 +352,13 @@ class AgentActivities:
     @activity.defn(name="finalizer")
     @agent_step
     async def finalize(self, inp: AgentInput) -> AgentResult:
+        context = await self._context(inp)
         prompt = render(
             "finalizer",
             query=inp.query,
-            plan=inp.context.get("planner", ""),
-            artifacts=inp.context.get("artifacts", "(none)"),
-            research=inp.context.get("researcher", ""),
+            plan=context.get("planner", ""),
+            artifacts=context.get("artifacts", "(none)"),
+            research=context.get("researcher", ""),
         )
         outcome = await self._call(inp, prompt.system, prompt.user)
         return self._result(inp, outcome, outcome.response.text)

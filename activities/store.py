@@ -100,6 +100,26 @@ def run_completed_in(conn: Connection, *, run_id: str, final_answer: str) -> Non
     conn.execute(_RUN_COMPLETED, {"p_run_id": run_id, "p_answer": final_answer, "p_now": utcnow()})
 
 
+_OUTPUTS = select(col(Step.agent), col(Step.output)).where(
+    col(Step.run_id) == bindparam("p_run_id"), col(Step.status) == "COMPLETED"
+)
+_ARTIFACTS = select(col(Artifact.path)).where(col(Artifact.run_id) == bindparam("p_run_id"))
+
+
+def context_of(engine: Engine, run_id: str) -> dict[str, str]:
+    """What a step is given of the steps before it: their outputs, and the coder's files as a
+    list ("artifacts"). Read from the step rows (each step committed its output with its ledger
+    row before the next step started) instead of travelling through the workflow's history."""
+    with engine.connect() as conn:
+        found = {
+            agent: output or "" for agent, output in conn.execute(_OUTPUTS, {"p_run_id": run_id})
+        }
+        paths = sorted(p for (p,) in conn.execute(_ARTIFACTS, {"p_run_id": run_id}))
+    if "coder" in found:
+        found["artifacts"] = "\n".join(f"- {p}" for p in paths) or "(none)"
+    return found
+
+
 def update_run(engine: Engine, run_id: str, **fields: Any) -> None:
     with session_scope(engine) as session:
         run = session.get(Run, run_id)

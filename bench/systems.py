@@ -159,9 +159,10 @@ async def starter(
     return run_once
 
 
-async def history_size(client: Client, run_id: str) -> tuple[int, int]:
+async def history_size(client: Client, run_id: str) -> tuple[int, int, int]:
+    """(protobuf bytes, JSON bytes as `temporal workflow show --output json` prints, events)."""
     history = await client.get_workflow_handle(run_id).fetch_history()
-    return sum(e.ByteSize() for e in history.events), len(history.events)
+    return sum(e.ByteSize() for e in history.events), len(history.to_json()), len(history.events)
 
 
 async def measure(
@@ -182,13 +183,14 @@ async def measure(
         rate = await throughput(run_once, in_flight, total)
         cpu_worker = (workers.cpu() - cpu_worker) / total * 1000
         cpu_server = (cpu_seconds(server.process.pid) - cpu_server) / total * 1000
-        size, events = await history_size(run_once.client, await run_once())  # type: ignore[attr-defined]
+        size, json_size, events = await history_size(run_once.client, await run_once())  # type: ignore[attr-defined]
     return {
         "step_ms_p50": statistics.median(latencies) / 5,
         "runs_per_s": rate,
         "worker_cpu_ms_per_run": cpu_worker,
         "server_cpu_ms_per_run": cpu_server,
         "history_bytes": size,
+        "history_json_bytes": json_size,
         "history_events": events,
     }
 
@@ -221,7 +223,7 @@ def report(rounds: list[dict[str, dict[str, float]]], systems: list[str]) -> str
 
     header = (
         f"{'':<16}{'per-step p50':>14}{'runs/s @20':>12}{'worker CPU/run':>16}"
-        f"{'server CPU/run':>16}{'history':>10}{'events':>8}"
+        f"{'server CPU/run':>16}{'history':>10}{'(JSON)':>9}{'events':>8}"
     )
     lines = [header]
     for system in systems:
@@ -229,11 +231,16 @@ def report(rounds: list[dict[str, dict[str, float]]], systems: list[str]) -> str
             f"{system:<16}{med(system, 'step_ms_p50'):>11.1f} ms{med(system, 'runs_per_s'):>12.1f}"
             f"{med(system, 'worker_cpu_ms_per_run'):>13.1f} ms"
             f"{med(system, 'server_cpu_ms_per_run'):>13.1f} ms"
-            f"{med(system, 'history_bytes') / 1000:>8.1f}kB{med(system, 'history_events'):>8.0f}"
+            f"{med(system, 'history_bytes') / 1000:>8.1f}kB"
+            f"{med(system, 'history_json_bytes') / 1000:>7.1f}kB"
+            f"{med(system, 'history_events'):>8.0f}"
         )
     if "floor" in systems:
-        keys = ("step_ms_p50", "runs_per_s", "worker_cpu_ms_per_run", "history_bytes")
-        lines.append("ratios to the floor (per-step, runs/s, worker CPU, history):")
+        keys = (
+            "step_ms_p50", "runs_per_s", "worker_cpu_ms_per_run", "history_bytes",
+            "history_json_bytes",
+        )  # fmt: skip
+        lines.append("ratios to the floor (per-step, runs/s, worker CPU, history, JSON):")
         for system in systems:
             if system != "floor":
                 ratios = "".join(f"{med(system, k) / med('floor', k):8.2f}x" for k in keys)

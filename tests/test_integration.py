@@ -33,6 +33,8 @@ async def test_run_completes_with_five_steps_each_called_once(
     # Each agent saw what it needs from the ones before it, through the real SDK.
     planner_prompt = fake_groq.calls("planner")[0].body["messages"][1]["content"]
     assert "RESEARCH-NOTES" in planner_prompt
+    coder_prompt = fake_groq.calls("coder")[0].body["messages"][1]["content"]
+    assert "PLAN: 1. grid" in coder_prompt and "ARCH: snake.py" in coder_prompt
     finalizer_prompt = fake_groq.calls("finalizer")[0].body["messages"][1]["content"]
     assert "- snake.py" in finalizer_prompt
     assert fake_groq.calls("coder")[0].body["model"] == "llama-3.3-70b-versatile"

@@ -158,15 +158,12 @@ class AgentPipelineWorkflow:
         self._in_steps = workflow.patched(STATUS_IN_STEPS)
         if not self._in_steps:
             await self._record(RunUpdate(run_id=inp.run_id, status="RUNNING", query=inp.query))
-        context: dict[str, str] = {}
         results: list[AgentResult] = []
         try:
+            # Each step reads the earlier steps' outputs from their rows (activities/store.py):
+            # the history carries the answer, not every output again and again.
             for agent in AGENT_ORDER:
-                result = await self._run_step(agent, inp, context)
-                results.append(result)
-                context[agent] = result.output
-                if agent == "coder":
-                    context["artifacts"] = "\n".join(f"- {a}" for a in result.artifacts) or "(none)"
+                results.append(await self._run_step(agent, inp))
         except _BudgetStop as stop:
             return await self._on_budget_stop(stop, results)
         except (ActivityError, asyncio.CancelledError) as err:
@@ -216,15 +213,13 @@ class AgentPipelineWorkflow:
     def _left(self) -> Decimal | None:
         return None if self._budget is None else self._budget - self._spent
 
-    async def _run_step(
-        self, agent: str, inp: PipelineInput, context: dict[str, str]
-    ) -> AgentResult:
+    async def _run_step(self, agent: str, inp: PipelineInput) -> AgentResult:
         self._current = agent
         step = self._steps[agent]
         step.status = "RUNNING"
         while True:
             try:
-                result = await self._execute(agent, inp, context)
+                result = await self._execute(agent, inp)
                 break
             except ActivityError as err:
                 refusal = _budget_refusal(err)
@@ -247,16 +242,13 @@ class AgentPipelineWorkflow:
         step.cost_usd = result.cost_usd
         return result
 
-    async def _execute(
-        self, agent: str, inp: PipelineInput, context: dict[str, str]
-    ) -> AgentResult:
+    async def _execute(self, agent: str, inp: PipelineInput) -> AgentResult:
         return await workflow.execute_activity_method(  # type: ignore[no-any-return]
             _METHODS[agent],
             AgentInput(
                 run_id=inp.run_id,
                 query=inp.query,
                 agent=agent,
-                context=dict(context),
                 dry_run=inp.dry_run,
                 budget_left_usd=self._left(),
                 shadow_of=inp.shadow_of,
