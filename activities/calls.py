@@ -176,15 +176,23 @@ class MeteredCaller:
             fields = {**step, "status": "WAITING_FOR_RATE_LIMIT", "error": reason}
             await self._db(store.upsert_step, run_id, agent, **fields)
 
-        key = f"{info.workflow_id}/{info.activity_id}/{info.attempt}"
-        grant = await self._throttle.slot(model, prompt_estimate + plan.max_tokens, key, waiting)
         worst = self._worst_case(run_id, agent, model, prompt_estimate, plan, shadow)
         reserved = functools.partial(
             store.upsert_step_in, run_id=run_id, agent=agent, reserved_usd=plan.reserved_usd, **step
         )
         if run_row is not None and run_row.at_reserve is not None:
             reserved = _both(reserved, run_row.at_reserve)
-        await self._db(ledger.reserve, worst, then=reserved)
+        reserve = functools.partial(ledger.reserve, self._engine, worst, then=reserved)
+        grant = None
+        if self._throttle.limited(model):
+            # A grant counts from when it is taken: the reservation is written in the same
+            # thread right after it, so no queue (the database thread's) sits between the
+            # grant and the request leaving.
+            key = f"{info.workflow_id}/{info.activity_id}/{info.attempt}"
+            tokens = prompt_estimate + plan.max_tokens
+            grant = await self._throttle.slot(model, tokens, key, waiting, then=reserve)
+        else:
+            await self._db(ledger.reserve, worst, then=reserved)
         request = LLMRequest(
             agent=agent, model=model, system=system, user=user,
             max_tokens=plan.max_tokens, temperature=self._settings.llm_temperature, tag=run_id,

@@ -201,15 +201,21 @@ class Throttle:
         return self._limiter is not None and self._limiter.limit_for(model) is not None
 
     async def slot(
-        self, model: str, tokens: int, attempt: str, mark: Callable[[str], Awaitable[None]]
+        self,
+        model: str,
+        tokens: int,
+        attempt: str,
+        mark: Callable[[str], Awaitable[None]],
+        then: Callable[[], object] | None = None,
     ) -> int | None:
         """Wait for a grant (its id; None when the model has no limit). `mark(reason)` is
-        called once if the step has to wait."""
+        called once if the step has to wait; `then()` runs in the grant's thread right after it
+        is taken (if it raises, the grant is given back)."""
         if self._limiter is None or not self.limited(model):
             return None
         bucket, started, waited = f"{self._provider}/{model}", time.monotonic(), False
         while True:
-            grant = await asyncio.to_thread(self._limiter.acquire, bucket, model, tokens, attempt)
+            grant = await asyncio.to_thread(self._take, bucket, model, tokens, attempt, then)
             elapsed = time.monotonic() - started
             if grant.id is not None:
                 if waited:
@@ -234,6 +240,19 @@ class Throttle:
                 )
             heartbeat.report({"waiting_for": "rate limit", "bucket": bucket, "why": grant.why})
             await asyncio.sleep(min(grant.wait_s, _RECHECK_S) + random.uniform(0, 0.05))
+
+    def _take(
+        self, bucket: str, model: str, tokens: int, attempt: str, then: Callable[[], object] | None
+    ) -> Grant:
+        assert self._limiter is not None
+        grant = self._limiter.acquire(bucket, model, tokens, attempt)
+        if grant.id is not None and then is not None:
+            try:
+                then()
+            except BaseException:
+                self._limiter.release(grant.id)
+                raise
+        return grant
 
     async def answered(self, model: str, grant: int | None, tokens: int, headers: Any) -> None:
         """The call got an answer: correct the grant's tokens, and hold everyone back if the
