@@ -21,14 +21,25 @@ def configure() -> Settings:
     return settings
 
 
-def up() -> None:
-    """Start the embedded stack: Temporal dev server (persisted), a worker and the API."""
+def up(
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Worker processes for the active version (one core each; the API and the "
+            "Temporal server run in processes of their own)",
+        ),
+    ] = 1,
+) -> None:
+    """Start the embedded stack: Temporal dev server (persisted), worker(s) and the API."""
     from cli.stack import run_stack
 
     settings = configure()
     try:
-        asyncio.run(run_stack(settings))
-    except (ConfigurationError, UnknownPriceError, RuntimeError, TimeoutError) as exc:
+        asyncio.run(run_stack(settings, worker_processes=workers))
+    except (ConfigurationError, UnknownPriceError, RuntimeError, TimeoutError, ValueError) as exc:
         fail(str(exc))
     exit_hard(0)
 

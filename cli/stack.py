@@ -85,7 +85,10 @@ class WorkerChildren:
         if self._metrics_port:
             env["WORKER_METRICS_PORT"] = str(self._metrics_port + len(self.processes))
         # Popen from the event loop's thread: the death signal is tied to the spawning thread.
-        self.processes[version or "working tree"] = subprocess.Popen(
+        name = version or "working tree"
+        if name in self.processes:
+            name = f"{name} #{sum(1 for n in self.processes if n.startswith(name)) + 1}"
+        self.processes[name] = subprocess.Popen(
             command, env=env, start_new_session=True, preexec_fn=die_with_parent
         )
 
@@ -185,7 +188,7 @@ def _key_notice(settings: Settings) -> str:
     return "set CREWLINE_API_KEY (`crewline keys create` on the server makes one)"
 
 
-def _banner(settings: Settings, server: DevServer, active: str) -> str:
+def _banner(settings: Settings, server: DevServer, active: str, workers: int) -> str:
     provider = settings.provider()
     label = " (offline canned answers, not a real model)" if provider == "scripted" else ""
     return (
@@ -194,7 +197,8 @@ def _banner(settings: Settings, server: DevServer, active: str) -> str:
         f"  API       {settings.resolved_api_url}   (docs: {settings.resolved_api_url}/docs)\n"
         f"  Web UI    http://{server.ip}:{server.ui_port}\n"
         f"  Temporal  {server.address}   (history: {server.db_file})\n"
-        f"  Version   {active} (active; `crewline version list`)\n"
+        f"  Version   {active} (active; `crewline version list`), "
+        f"{workers} worker process{'es' if workers > 1 else ''}\n"
         f"  Data      {settings.data_dir.resolve()}\n"
         f"  API key   {_key_notice(settings)}\n"
         f'Try:  .venv/bin/crewline run "Build a snake game"      Ctrl-C stops everything.'
@@ -202,7 +206,11 @@ def _banner(settings: Settings, server: DevServer, active: str) -> str:
     )
 
 
-async def run_stack(settings: Settings) -> None:
+async def run_stack(settings: Settings, worker_processes: int = 1) -> None:
+    """`worker_processes`: how many worker processes serve the active version (the API and the
+    Temporal server are processes of their own; a worker is one Python process, one core)."""
+    if worker_processes < 1:
+        raise ValueError(f"--workers must be at least 1, got {worker_processes}")
     settings.provider()  # fail at once, before starting anything, if no provider is configured
     if port_open(settings.api_host, settings.api_port):
         raise RuntimeError(f"port {settings.api_port} is in use; stop that process or set API_PORT")
@@ -222,6 +230,10 @@ async def run_stack(settings: Settings) -> None:
         for version in await _versions_to_serve(client, settings, engine):
             workers.spawn(version)
         active = await _wait_ready(client, settings, workers)
+        # More processes for the active version once it exists (on a fresh deployment the first
+        # worker snapshots the tree and activates it; the others then serve that snapshot).
+        for _ in range(worker_processes - 1):
+            workers.spawn(active)
         app = create_app(settings, client=client, engine=engine, tracing=tracing)
         api = _ApiServer(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
@@ -233,7 +245,7 @@ async def run_stack(settings: Settings) -> None:
         )
         if api_task.done():
             await api_task
-        print(_banner(settings, server, active), flush=True)
+        print(_banner(settings, server, active, worker_processes), flush=True)
         await asyncio.wait(
             {api_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
         )

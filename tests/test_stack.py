@@ -31,10 +31,10 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _up(env: dict[str, str], tmp_path: Path, log: str) -> subprocess.Popen[bytes]:
+def _up(env: dict[str, str], tmp_path: Path, log: str, *args: str) -> subprocess.Popen[bytes]:
     with (tmp_path / log).open("wb") as out:
         return subprocess.Popen(
-            [str(BIN / "crewline"), "up"],
+            [str(BIN / "crewline"), "up", *args],
             env=env,
             cwd=tmp_path,
             stdout=out,
@@ -105,7 +105,8 @@ async def test_ctrl_c_stops_cleanly_and_next_up_resumes_the_run(tmp_path: Path) 
     # Stopped mid-run: the run is unfinished, and only Temporal's file remembers where it was.
     left = get_run(make_engine(f"sqlite:///{tmp_path / 'data' / 'crewline.db'}"), run_id)
     assert left is not None and left.status == "RUNNING"
-    stack = _up(env, tmp_path, "up2.log")
+    # The second time with two worker processes for the active version.
+    stack = _up(env, tmp_path, "up2.log", "--workers", "2")
     try:
         await _wait_up(tmp_path, "up2.log")
 
@@ -121,6 +122,11 @@ async def test_ctrl_c_stops_cleanly_and_next_up_resumes_the_run(tmp_path: Path) 
         versions = _get(tmp_path, f"{api}/versions").json()
         active = versions["active"]
         assert [v["id"] for v in versions["items"]] == [active] and active.startswith("snap-")
+
+        def two_workers() -> bool:
+            return _get(tmp_path, f"{api}/versions").json()["items"][0]["live_workers"] == 2
+
+        await assert_eventually(two_workers, timeout=30)
         assert run_body["version"] == active and {s["version"] for s in run_body["steps"]} == {
             active
         }
