@@ -47,5 +47,7 @@ format: setup
 clean:
 	rm -rf $(VENV) .crewline .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-bench: setup  ## benchmarks (several minutes): table on stdout, JSON in bench/results/
+bench: setup  ## benchmarks (~15 min): crewline vs the floor and the peers, then the harness; JSON in bench/results/
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.systems --rounds 5 --scaling --burst 1000
 	$(BIN)/python -m bench
