@@ -144,6 +144,24 @@ def _bounded(text: str, limit: int = MAX_RESULT_CHARS) -> str:
     return text[:limit] + f"\n…[{len(text)} chars; the whole output is in the run's step row]"
 
 
+def _files_of(answer: str) -> tuple[dict[str, str], str | None]:
+    """The coder's files (path → content) from its answer, and a note if it used no FILE
+    blocks (then the whole answer is one file)."""
+    files = parse_files(answer)
+    if files:
+        return files, None
+    return {"coder_answer.md": answer}, (
+        "the model did not use the FILE format; its whole answer was saved as one file"
+    )
+
+
+def _coded(answer: str) -> tuple[str, str | None]:
+    """The coder step's output: the files it wrote, then its answer; and its note."""
+    files, notes = _files_of(answer)
+    summary = "\n".join(f"- {p}" for p in files)
+    return f"Wrote {len(files)} file(s):\n{summary}\n\n{answer}", notes
+
+
 class AgentActivities:
     def __init__(
         self,
@@ -190,10 +208,12 @@ class AgentActivities:
 
     async def _call(
         self, inp: AgentInput, system: str, user: str, *, notes: str | None = None,
-        completes: bool = True, extra: dict[str, Any] | None = None,
+        output_of: Callable[[str], tuple[str, str | None]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> CallOutcome:  # fmt: skip
-        """The step's metered LLM call. `completes`: the answer is the step's output, so the step
-        row is marked COMPLETED in the same transaction as the call's ledger row."""
+        """The step's metered LLM call. The step row is marked COMPLETED in the same transaction
+        as the call's ledger row, with the answer as its output — or with `output_of(answer)`'s
+        (output, notes)."""
         step = dict(
             position=AGENTS.index(inp.agent), status="RUNNING", attempt=activity.info().attempt,
             model=self._settings.model_for(inp.agent), provider=self._llm.name, error=None,
@@ -201,11 +221,12 @@ class AgentActivities:
         )  # fmt: skip
 
         def completed(response: LLMResponse, cost: Decimal) -> dict[str, Any]:
-            return self._completed_fields(response, cost, output=response.text, notes=notes)
+            output, why = (response.text, notes) if output_of is None else output_of(response.text)
+            return self._completed_fields(response, cost, output=output, notes=why)
 
         outcome = await self._caller.call(
             inp.run_id, inp.agent, system, user, inp.budget_left_usd, step,
-            settle=completed if completes else None, shadow=inp.shadow_of is not None,
+            settle=completed, shadow=inp.shadow_of is not None,
             run_row=self._run_row(inp),
         )  # fmt: skip
         if inp.run_status is not None:
@@ -237,16 +258,6 @@ class AgentActivities:
             attempt=activity.info().attempt, error=None, finished_at=utcnow(),
             cost_usd=cost, reserved_usd=0,
         )  # fmt: skip
-
-    async def _finish(
-        self, inp: AgentInput, outcome: CallOutcome, output: str, **extra: Any
-    ) -> AgentResult:
-        """Write the completed step (when its output is more than the call's answer)."""
-        fields = self._completed_fields(
-            outcome.response, outcome.step_cost_usd, output=output, notes=extra.get("notes")
-        )
-        await self._db(store.upsert_step, inp.run_id, inp.agent, **fields)
-        return self._result(inp, outcome, output, **extra)
 
     def _result(
         self, inp: AgentInput, outcome: CallOutcome, output: str, **extra: Any
@@ -330,22 +341,18 @@ class AgentActivities:
             plan=context.get("planner", ""),
             architecture=context.get("executor", ""),
         )
-        outcome = await self._call(inp, prompt.system, prompt.user, completes=False)
-        response = outcome.response
-        files = parse_files(response.text)
-        notes = None
-        if not files:
-            files = {"coder_answer.md": response.text}
-            notes = "the model did not use the FILE format; its whole answer was saved as one file"
+        # The step's output (which files, and the answer) rides on the call's settle; the files
+        # are written after it — if writing fails, the step is retried as a whole.
+        outcome = await self._call(inp, prompt.system, prompt.user, output_of=_coded)
+        files, notes = _files_of(outcome.response.text)
+        output, _ = _coded(outcome.response.text)
         ctx = ToolContext(run_id=inp.run_id, dry_run=inp.dry_run, agent=inp.agent)
         written = [
             await self._tools.dispatch(ctx, "write_file", path=path, content=body)
             for path, body in files.items()
         ]
         artifacts = [w for w in written if w is not None]
-        summary = "\n".join(f"- {p}" for p in files)
-        output = f"Wrote {len(files)} file(s):\n{summary}\n\n{response.text}"
-        return await self._finish(
+        return self._result(
             inp, outcome, output, notes=notes, artifacts=artifacts, intents=ctx.intents
         )
 

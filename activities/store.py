@@ -31,8 +31,8 @@ from crewline.db import (
 def upsert_step(engine: Engine, run_id: str, agent: str, **fields: Any) -> None:
     for _ in range(2):  # a concurrent insert of the same key loses the race once, then updates
         try:
-            with session_scope(engine) as session:
-                upsert_step_in(session, run_id, agent, **fields)
+            with engine.begin() as conn:  # Core: on a step's path
+                upsert_step_in(conn, run_id, agent, **fields)
             return
         except IntegrityError:
             continue
@@ -147,14 +147,27 @@ def note_cancelled(engine: Engine, run_id: str, agent: str | None) -> None:
         session.add(run)
 
 
+@functools.cache
+def _artifact_upsert(dialect: str) -> Any:
+    insert = insert_for(dialect, Artifact)
+    return insert.values(
+        run_id=bindparam("p_run_id"), path=bindparam("p_path"), size_bytes=bindparam("p_size"),
+        sha256=bindparam("p_sha256"), created_at=bindparam("p_now"),
+    ).on_conflict_do_update(
+        index_elements=["run_id", "path"],
+        set_={"size_bytes": insert.excluded.size_bytes, "sha256": insert.excluded.sha256,
+              "created_at": insert.excluded.created_at},
+    )  # fmt: skip
+
+
 def record_artifact(engine: Engine, run_id: str, path: str, size_bytes: int, sha256: str) -> None:
-    with session_scope(engine) as session:
-        stmt = select(Artifact).where(Artifact.run_id == run_id, Artifact.path == path)
-        row = session.exec(stmt).first() or Artifact(
-            run_id=run_id, path=path, size_bytes=0, sha256=""
-        )
-        row.size_bytes, row.sha256, row.created_at = size_bytes, sha256, utcnow()
-        session.add(row)
+    """The file's row (a retried step that writes the same path again updates it)."""
+    with engine.begin() as conn:
+        conn.execute(
+            _artifact_upsert(conn.dialect.name),
+            {"p_run_id": run_id, "p_path": path, "p_size": size_bytes, "p_sha256": sha256,
+             "p_now": utcnow()},
+        )  # fmt: skip
 
 
 def record_intent(
