@@ -283,7 +283,7 @@ class AgentActivities:
         """The earlier steps' outputs: passed by a workflow of before, else from their rows."""
         if inp.context:
             return inp.context
-        return await self._run(store.context_of, inp.run_id)
+        return await self._run(store.context_of, inp.run_id, artifacts=inp.agent == AGENTS[-1])
 
     # ---- the agents -----------------------------------------------------------------------------
     @activity.defn(name="researcher")

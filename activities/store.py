@@ -106,17 +106,18 @@ _OUTPUTS = select(col(Step.agent), col(Step.output)).where(
 _ARTIFACTS = select(col(Artifact.path)).where(col(Artifact.run_id) == bindparam("p_run_id"))
 
 
-def context_of(engine: Engine, run_id: str) -> dict[str, str]:
-    """What a step is given of the steps before it: their outputs, and the coder's files as a
-    list ("artifacts"). Read from the step rows (each step committed its output with its ledger
-    row before the next step started) instead of travelling through the workflow's history."""
+def context_of(engine: Engine, run_id: str, *, artifacts: bool = False) -> dict[str, str]:
+    """What a step is given of the steps before it: their outputs, and (`artifacts`) the
+    coder's files as a list. Read from the step rows (each step committed its output with its
+    ledger row before the next step started) instead of travelling through the workflow's
+    history."""
     with engine.connect() as conn:
         found = {
             agent: output or "" for agent, output in conn.execute(_OUTPUTS, {"p_run_id": run_id})
         }
-        paths = sorted(p for (p,) in conn.execute(_ARTIFACTS, {"p_run_id": run_id}))
-    if "coder" in found:
-        found["artifacts"] = "\n".join(f"- {p}" for p in paths) or "(none)"
+        if artifacts and "coder" in found:
+            paths = sorted(p for (p,) in conn.execute(_ARTIFACTS, {"p_run_id": run_id}))
+            found["artifacts"] = "\n".join(f"- {p}" for p in paths) or "(none)"
     return found
 
 
