@@ -50,7 +50,21 @@ MAX_RESULT_CHARS = 16_000
 PREVIEW_CHARS = 160
 
 
-class AgentInput(BaseModel):
+class Compact(BaseModel):
+    """A model that travels through workflow histories: a field left at its default counts as
+    unset, so crewline's data converter (which omits unset fields) does not store it — the
+    reader gets the same default back."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        fields = type(self).model_fields
+        self.__pydantic_fields_set__ -= {
+            name
+            for name in self.__pydantic_fields_set__
+            if not fields[name].is_required() and getattr(self, name) == fields[name].default
+        }
+
+
+class AgentInput(Compact):
     run_id: str
     query: str
     agent: str
@@ -67,7 +81,7 @@ class AgentInput(BaseModel):
     run_status: str | None = None
 
 
-class AgentResult(BaseModel):
+class AgentResult(Compact):
     agent: str
     output: str
     model: str
@@ -141,7 +155,7 @@ def agent_step(fn: Step) -> Step:
 def _bounded(text: str, limit: int = MAX_RESULT_CHARS) -> str:
     if len(text) <= limit:
         return text
-    return text[:limit] + f"\n…[{len(text)} chars; the whole output is in the run's step row]"
+    return text[:limit] + f"…[{len(text)} chars in the step row]"
 
 
 def _files_of(answer: str) -> tuple[dict[str, str], str | None]:

@@ -20,11 +20,10 @@ from typing import Any
 
 from pydantic import SecretStr
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from crewline.db import make_engine
 from crewline.settings import Settings
-from crewline.temporal import DevServer
+from crewline.temporal import DATA_CONVERTER, DevServer
 from workers.main import build_worker
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 
@@ -110,7 +109,7 @@ async def embedded_stack(
             KEY_RUNS_PER_MINUTE=1_000_000,
             _env_file=None,  # type: ignore[call-arg]
         )
-        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+        client = await Client.connect(server.address, data_converter=DATA_CONVERTER)
         yield Stack(server, client, settings, make_engine(settings.resolved_database_url))
     finally:
         server.stop()

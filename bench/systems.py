@@ -39,7 +39,7 @@ from bench import peers
 from bench.harness import free_port, throughput
 from bench.temporal_floor import NoopPipeline, fake_llm
 from crewline.settings import Settings
-from crewline.temporal import DevServer
+from crewline.temporal import DATA_CONVERTER, DevServer
 
 SYSTEMS = ("floor", "openai-agents", "pydantic-ai", "crewline")
 QUERY = "Build a snake game"
@@ -135,7 +135,8 @@ async def starter(
 ) -> Callable[[], Awaitable[str]]:
     """A function that runs one pipeline to completion with the system's own client."""
     if system in ("floor", "crewline"):
-        client = await Client.connect(address, data_converter=pydantic_data_converter)
+        converter = DATA_CONVERTER if system == "crewline" else pydantic_data_converter
+        client = await Client.connect(address, data_converter=converter)
     else:
         client = await Client.connect(address, plugins=[peers.load(system).plugin()])
 

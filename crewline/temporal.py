@@ -26,10 +26,24 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, Interceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.pydantic import PydanticPayloadConverter, ToJsonOptions
+from temporalio.converter import DataConverter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from crewline.settings import Settings
+
+
+class _CompactPydanticConverter(PydanticPayloadConverter):
+    """Pydantic's JSON, without the fields a model was not given: they are the defaults the
+    reader restores (`exclude_unset`). Every activity input and result, the run's input and
+    result, is stored in the workflow's history, so the empty lists and nulls add up."""
+
+    def __init__(self) -> None:
+        super().__init__(ToJsonOptions(exclude_unset=True))
+
+
+# The one data converter of every crewline client and worker (and the tests' and benchmarks').
+DATA_CONVERTER = DataConverter(payload_converter_class=_CompactPydanticConverter)
 
 
 def _wheel_binary(name: str) -> str:
@@ -62,12 +76,13 @@ async def connect(
     interceptors: Sequence[Interceptor] = (),
     core_metrics: str | None = None,
 ) -> Client:
-    """A client with the pydantic data converter. `lazy` defers the connection to first use, so
-    the API can start (and report it in /health) while Temporal is still down. `worker`: the
-    client of a worker process, whose runtime heartbeats every WORKER_HEARTBEAT_S so Temporal
-    knows which versions have a live worker (activation checks it; the default is 60 s), and
-    serves the SDK's Prometheus metrics on `core_metrics` (host:port) if given.
-    `interceptors`: tracing's (`crewline.telemetry`); a client's workers inherit them."""
+    """A client with crewline's data converter (`DATA_CONVERTER`). `lazy` defers the connection
+    to first use, so the API can start (and report it in /health) while Temporal is still down.
+    `worker`: the client of a worker process, whose runtime heartbeats every
+    WORKER_HEARTBEAT_S so Temporal knows which versions have a live worker (activation checks
+    it; the default is 60 s), and serves the SDK's Prometheus metrics on `core_metrics`
+    (host:port) if given. `interceptors`: tracing's (`crewline.telemetry`); a client's workers
+    inherit them."""
     runtime = None
     if worker:
         prometheus = None
@@ -85,7 +100,7 @@ async def connect(
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         lazy=lazy,
         runtime=runtime,
         interceptors=interceptors,

@@ -19,7 +19,6 @@ import httpx
 import pytest
 import uvicorn
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -28,7 +27,7 @@ from api.app import create_app
 from cli.stack import _ApiServer
 from crewline.db import make_engine
 from crewline.settings import Settings
-from crewline.temporal import dev_server_path, test_server_path, tuning_args
+from crewline.temporal import DATA_CONVERTER, dev_server_path, test_server_path, tuning_args
 from tests.fakes import FakeGroq
 from tests.pg import PostgresServer, server_binaries
 from workers.main import build_worker
@@ -59,7 +58,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=dev_server_path(),
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         dev_server_log_level="error",
         # The shipped tuning of the embedded server, so tests see the timings users get.
         dev_server_extra_args=tuning_args(),
@@ -76,7 +75,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture(scope="session")
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=test_server_path(), data_converter=pydantic_data_converter
+        test_server_existing_path=test_server_path(), data_converter=DATA_CONVERTER
     )
     yield env
     await env.shutdown()

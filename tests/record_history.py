@@ -16,12 +16,11 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from crewline.db import make_engine
 from crewline.settings import Settings
-from crewline.temporal import dev_server_path
+from crewline.temporal import DATA_CONVERTER, dev_server_path
 from tests.fakes import FakeGroq, Status
 from workers.main import build_worker
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
@@ -34,7 +33,7 @@ async def record(name: str, fail: str | None, budget: str | None) -> Path:
     if fail:
         fake.script(fail, Status(401, message="Invalid API Key"))
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=dev_server_path(), data_converter=pydantic_data_converter
+        dev_server_existing_path=dev_server_path(), data_converter=DATA_CONVERTER
     )
     try:
         with tempfile.TemporaryDirectory() as tmp:

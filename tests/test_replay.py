@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from crewline.settings import Settings
+from crewline.temporal import DATA_CONVERTER
 from tests.fakes import FakeGroq
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 
@@ -19,7 +19,7 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_recorded_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=[AgentPipelineWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[AgentPipelineWorkflow], data_converter=DATA_CONVERTER)
     result = await replayer.replay_workflow(history)
     assert result.replay_failure is None
 

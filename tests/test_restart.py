@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from crewline.db import get_run
 from crewline.settings import Settings
-from crewline.temporal import DevServer
+from crewline.temporal import DATA_CONVERTER, DevServer
 from tests.conftest import assert_eventually, free_port, start_pipeline
 from tests.fakes import FakeGroq, Reply
 from tests.procs import WorkerProcesses
@@ -27,12 +26,12 @@ async def test_server_restart_mid_run_completes(
     try:
         with WorkerProcesses(settings, tmp_path) as workers:
             workers.spawn()
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            client = await Client.connect(server.address, data_converter=DATA_CONVERTER)
             run_id, _ = await start_pipeline(client, settings)
             await assert_eventually(lambda: fake_groq.count("planner") == 1, timeout=30)
             server.stop()  # mid-planner: the whole history lives only in temporal.db now
             await server.start()
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            client = await Client.connect(server.address, data_converter=DATA_CONVERTER)
             handle = client.get_workflow_handle_for(AgentPipelineWorkflow.run, run_id)
             result = await handle.result()
     finally:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from activities.agents import AgentResult
+from activities.agents import AgentResult, Compact
 
 
 class StepRetry(BaseModel):
@@ -65,11 +65,31 @@ class Progress(BaseModel):
     spent_usd: Decimal = Decimal(0)
 
 
+class StepSummary(Compact):
+    """A finished step in the run's result: what it used and cost. Its output is in the step row
+    (and its activity's result), not repeated here."""
+
+    agent: str
+    model: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    attempt: int = 1
+    cost_usd: Decimal = Decimal(0)
+
+    @classmethod
+    def of(cls, result: AgentResult) -> StepSummary:
+        return cls(
+            agent=result.agent, model=result.model, prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens, attempt=result.attempt,
+            cost_usd=result.cost_usd,
+        )  # fmt: skip
+
+
 class PipelineResult(BaseModel):
     run_id: str
     status: str
     final_answer: str
-    steps: list[AgentResult]
+    steps: list[StepSummary]
     artifacts: list[str]
     scripted: bool
     spent_usd: Decimal = Decimal(0)

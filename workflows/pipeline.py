@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         Progress,
         StepProgress,
         StepRetry,
+        StepSummary,
     )
 
 __all__ = ["AGENT_ORDER", "AgentPipelineWorkflow", "PipelineInput", "PipelineResult", "StepRetry"]
@@ -204,7 +205,7 @@ class AgentPipelineWorkflow:
             run_id=self._run_id,
             status=self._status,
             final_answer=self._final_answer or "",
-            steps=results,
+            steps=[StepSummary.of(r) for r in results],
             artifacts=next((r.artifacts for r in results if r.agent == "coder"), []),
             scripted=any(r.scripted for r in results),
             spent_usd=self._spent,
