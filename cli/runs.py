@@ -263,6 +263,27 @@ def budget(run_id: str, usd: Annotated[str, typer.Argument(help="New budget in U
     exit_hard(0)
 
 
+def costs_table(by: str, items: list[dict[str, Any]], total_usd: Decimal) -> str:
+    """`crewline costs`' table: a line per group, the total, and what "estimated" means."""
+    lines = [
+        f"{by:<28} {'calls':>6} {'prompt tok':>11} {'compl tok':>10} {'USD':>14} "
+        f"{'of which estimated':>24}"
+    ]
+    for item in items:
+        cut = f"{Decimal(item['estimated_usd']):.6f} ({item['estimated_calls']} calls)"
+        lines.append(
+            f"{str(item['key'])[:28]:<28} {item['calls']:>6} {item['prompt_tokens']:>11} "
+            f"{item['completion_tokens']:>10} {Decimal(item['total_usd']):>14.6f} {cut:>24}"
+        )
+    lines.append(f"{'total':<28} {'':>6} {'':>11} {'':>10} {total_usd:>14.6f}")
+    if any(item["estimated_calls"] for item in items):
+        lines.append(
+            "estimated: calls cut off without reported usage (timeout, lost worker, cancel), "
+            "charged their worst case"
+        )
+    return "\n".join(lines)
+
+
 def costs(
     by: Annotated[
         str, typer.Option("--by", help="agent | model | day | run | version | key")
@@ -279,22 +300,7 @@ def costs(
     if until:
         params["until"] = until
     report = request(settings, "GET", "/costs", params=params)
-    typer.echo(
-        f"{by:<28} {'calls':>6} {'prompt tok':>11} {'compl tok':>10} {'USD':>14} "
-        f"{'of which estimated':>24}"
-    )
-    for item in report["items"]:
-        cut = f"{Decimal(item['estimated_usd']):.6f} ({item['estimated_calls']} calls)"
-        typer.echo(
-            f"{item['key'][:28]:<28} {item['calls']:>6} {item['prompt_tokens']:>11} "
-            f"{item['completion_tokens']:>10} {Decimal(item['total_usd']):>14.6f} {cut:>24}"
-        )
-    typer.echo(f"{'total':<28} {'':>6} {'':>11} {'':>10} {Decimal(report['total_usd']):>14.6f}")
-    if any(item["estimated_calls"] for item in report["items"]):
-        typer.echo(
-            "estimated: calls cut off without reported usage (timeout, lost worker, cancel), "
-            "charged their worst case"
-        )
+    typer.echo(costs_table(by, report["items"], Decimal(report["total_usd"])))
     exit_hard(0)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from costs.ledger import calls_of
+from cli.runs import costs_table
+from costs.ledger import calls_of, grouped
 from crewline.settings import AGENTS, Settings
 from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Reply
@@ -66,6 +67,13 @@ async def test_killed_workers_never_lose_a_billed_call_nor_overspend(
     print(
         f"\nchaos: {len(BUDGETS)} runs, {kills} kills, {sum(answered.values())} calls answered, "
         f"{len(rows)} ledger rows {dict(states)}, statuses {Counter(r.status for r in results)}"
+    )
+    # What `crewline costs --by run` shows for these runs, estimated rows included.
+    ids = {run_id for run_id, _ in started}
+    items = [i for i in grouped(engine, "run", limit=500)[0] if i["key"] in ids]
+    print(costs_table("run", items, sum((Decimal(i["total_usd"]) for i in items), Decimal(0))))
+    assert sum(i["estimated_calls"] for i in items) == sum(
+        c.usage_source == "estimated" for c in rows
     )
     overspent = []
     for (run_id, _), budget, result in zip(started, BUDGETS, results, strict=True):
