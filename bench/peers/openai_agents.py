@@ -9,12 +9,15 @@ from temporalio.client import Plugin
 from bench.peers import AGENTS, ANSWER
 
 with workflow.unsafe.imports_passed_through():
-    from agents import Agent, Runner
+    from agents import Agent, Runner, set_tracing_disabled
     from temporalio.openai_agents import OpenAIAgentsPlugin
     from temporalio.openai_agents.testing import ResponseBuilders, TestModel, TestModelProvider
 
 
 def plugin() -> Plugin:
+    # Its leanest setup, as crewline runs without a trace exporter: the SDK's own tracing (which
+    # would export to OpenAI, and here only logs that no key is set) is off.
+    set_tracing_disabled(True)
     model = TestModel(lambda: ResponseBuilders.output_message(ANSWER))
     return OpenAIAgentsPlugin(model_provider=TestModelProvider(model))
 
