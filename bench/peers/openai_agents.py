@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 from temporalio import workflow
 from temporalio.client import Plugin
 
@@ -16,7 +18,9 @@ with workflow.unsafe.imports_passed_through():
 
 def plugin() -> Plugin:
     # Its leanest setup, as crewline runs without a trace exporter: the SDK's own tracing (which
-    # would export to OpenAI, and here only logs that no key is set) is off.
+    # would export to OpenAI, and here only logs that no key is set) is off. The plugin installs
+    # a trace provider of its own, which reads the environment, not set_tracing_disabled.
+    os.environ["OPENAI_AGENTS_DISABLE_TRACING"] = "1"
     set_tracing_disabled(True)
     model = TestModel(lambda: ResponseBuilders.output_message(ANSWER))
     return OpenAIAgentsPlugin(model_provider=TestModelProvider(model))
