@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import random
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,8 +13,10 @@ from typing import Any
 import groq
 import httpx
 import pytest
+from temporalio.testing import ActivityEnvironment
 
 from activities.errors import backoff_delay, classify, retry_after_seconds
+from activities.heartbeat import FIRST_BEAT_AFTER_S, heartbeating, report
 from activities.research import needs_research
 from activities.tools import ToolContext, ToolRegistry, ToolSpec
 from activities.tools.files import UnsafePathError, parse_files, safe_relative_path, write_artifact
@@ -198,3 +203,33 @@ def test_an_unreachable_provider_is_named_by_its_url() -> None:
         base_s=0.1, cap_s=1, secrets=[], url="http://127.0.0.1:1",
     )  # fmt: skip
     assert "unreachable at http://127.0.0.1:1" in error.message
+
+
+async def test_an_attempt_on_time_heartbeats_after_a_second_one_started_late_at_once() -> None:
+    """A step that ends within FIRST_BEAT_AFTER_S sends no heartbeat (one RPC and one server
+    write fewer a step); an attempt the worker began late beats at once, moving the heartbeat
+    deadline past the wait."""
+    beats: list[tuple[Any, ...]] = []
+
+    @heartbeating
+    async def step(pause_s: float) -> str:
+        report("WAITING_FOR_RATE_LIMIT")
+        await asyncio.sleep(pause_s)
+        return "done"
+
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+    env.info = dataclasses.replace(env.info, started_time=datetime.now(UTC))
+    assert await env.run(step, 0.05) == "done"
+    assert beats == []
+
+    env.info = dataclasses.replace(
+        env.info, started_time=datetime.now(UTC) - timedelta(seconds=FIRST_BEAT_AFTER_S * 3)
+    )
+    assert await env.run(step, 0.05) == "done"
+    assert beats == [("WAITING_FOR_RATE_LIMIT",)]  # at once, carrying what the step reported
+
+    env.info = dataclasses.replace(env.info, started_time=datetime.now(UTC))
+    beats.clear()
+    assert await env.run(step, FIRST_BEAT_AFTER_S + 0.3) == "done"
+    assert beats == [("WAITING_FOR_RATE_LIMIT",)]  # a longer step beats after the first second
