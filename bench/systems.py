@@ -38,6 +38,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from bench import peers
 from bench.harness import free_port, throughput
 from bench.temporal_floor import NoopPipeline, fake_llm
+from crewline.process import stop_processes
 from crewline.settings import Settings
 from crewline.temporal import DATA_CONVERTER, DevServer
 
@@ -120,13 +121,7 @@ class WorkerProcesses:
         return sum(cpu_seconds(p.pid) for p in self.procs)
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs, timeout_s=40)
 
 
 # ---- the driver ----------------------------------------------------------------------------------

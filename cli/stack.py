@@ -31,6 +31,7 @@ from temporalio.client import Client
 from api.app import create_app
 from crewline import keys
 from crewline.db import make_engine
+from crewline.process import stop_processes
 from crewline.settings import Settings
 from crewline.telemetry import setup_tracing
 from crewline.temporal import DevServer, connect, die_with_parent, port_open
@@ -99,15 +100,7 @@ class WorkerChildren:
 
     def stop(self) -> None:
         """SIGTERM (in-flight calls finish), then SIGKILL what has not stopped in time."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=GRACEFUL_SHUTDOWN.total_seconds() + 5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes.values(), timeout_s=GRACEFUL_SHUTDOWN.total_seconds() + 5)
 
     def kill(self) -> None:
         for process in self.processes.values():

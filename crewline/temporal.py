@@ -30,6 +30,7 @@ from temporalio.contrib.pydantic import PydanticPayloadConverter, ToJsonOptions
 from temporalio.converter import DataConverter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from crewline.process import stop_processes
 from crewline.settings import Settings
 
 
@@ -241,14 +242,8 @@ class DevServer:
         )
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_processes([self.process], timeout_s=timeout_s)
 
 
 async def has_workflow_pollers(client: Client, settings: Settings) -> bool:

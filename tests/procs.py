@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from crewline.process import stop_processes
 from crewline.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,10 +78,4 @@ class WorkerProcesses:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_processes([process], timeout_s=20)

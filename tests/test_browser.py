@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from crewline.process import stop_processes
 from dashboard.render import money
 from tests.conftest import CREWLINE, assert_eventually, free_port
 from tests.snapshots import checkout
@@ -89,14 +90,7 @@ class Stack:
         return answer.json()
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in self.processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(reversed(self.processes), timeout_s=60, sig=signal.SIGINT)
 
 
 @pytest.fixture(scope="module")
