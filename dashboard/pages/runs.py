@@ -11,6 +11,7 @@ polled, so the page stops updating by itself.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +27,7 @@ from api.routes import runs as run_routes
 from api.schemas import BudgetRaiseIn, RunCreate, RunStatus
 from api.security import visible_run
 from crewline.db import artifacts_of, intents_of
+from crewline.settings import AGENTS
 from crewline.statuses import RUN_STATUSES, TERMINAL_STATUSES
 from dashboard import render
 from dashboard.sessions import Viewer, check_csrf, viewer
@@ -34,7 +36,25 @@ from dashboard.web import confirm, go, page, refusal
 router = APIRouter(prefix="/ui", include_in_schema=False)
 ViewerDep = Annotated[Viewer, Depends(viewer)]
 PAGE = 25
-AGENTS = ("researcher", "planner", "executor", "coder", "finalizer")
+Filter = Annotated[str | None, Query(max_length=200)]
+
+
+@dataclass
+class RunFilters:
+    """The list's filters and page, from the query string (the page and its polled rows)."""
+
+    status: Filter = None
+    version: Filter = None
+    key: Filter = None
+    q: Filter = None
+    page_no: Annotated[int, Query(alias="page", ge=1, le=10_000)] = 1
+
+    def shown(self) -> dict[str, str]:
+        return {"status": self.status or "", "version": self.version or "",
+                "key": self.key or "", "q": self.q or ""}  # fmt: skip
+
+
+FiltersDep = Annotated[RunFilters, Depends()]
 
 
 def _require(viewer: Viewer, *, run: bool = False) -> None:
@@ -42,31 +62,23 @@ def _require(viewer: Viewer, *, run: bool = False) -> None:
         raise HTTPException(403, f"key {viewer.principal.key_id} has scope 'read'; this needs run")
 
 
-async def _list(
-    settings: Any, engine: Any, viewer: Viewer, status: str | None, version: str | None,
-    key: str | None, q: str | None, page_no: int,
-) -> Any:  # fmt: skip
+async def _list(settings: Any, engine: Any, viewer: Viewer, f: RunFilters) -> Any:
     return await run_in_threadpool(
         run_routes.list_runs, settings=settings, engine=engine, key=viewer.principal,
-        status_filter=RunStatus(status) if status in RUN_STATUSES else None,
-        started_by=key or None, limit=PAGE, offset=(page_no - 1) * PAGE, shadows=False,
-        version=version or None, text=q or None,
+        status_filter=RunStatus(f.status) if f.status in RUN_STATUSES else None,
+        started_by=f.key or None, limit=PAGE, offset=(f.page_no - 1) * PAGE, shadows=False,
+        version=f.version or None, text=f.q or None,
     )  # fmt: skip
-
-
-Filter = Annotated[str | None, Query(max_length=200)]
 
 
 @router.get("/runs", response_class=HTMLResponse)
 async def runs_page(
-    request: Request, v: ViewerDep, settings: SettingsDep, engine: EngineDep,
-    status: Filter = None, version: Filter = None, key: Filter = None, q: Filter = None,
-    page_no: Annotated[int, Query(alias="page", ge=1, le=10_000)] = 1,
-) -> HTMLResponse:  # fmt: skip
-    listing = await _list(settings, engine, v, status, version, key, q, page_no)
-    filters = {"status": status or "", "version": version or "", "key": key or "", "q": q or ""}
+    request: Request, v: ViewerDep, settings: SettingsDep, engine: EngineDep, f: FiltersDep
+) -> HTMLResponse:
+    listing = await _list(settings, engine, v, f)
+    filters = f.shown()
     return page(
-        request, "runs.html", v, listing=listing, filters=filters, page_no=page_no,
+        request, "runs.html", v, listing=listing, filters=filters, page_no=f.page_no,
         pages=max(1, -(-listing.total // PAGE)), statuses=RUN_STATUSES,
         query=json.dumps(filters),
     )  # fmt: skip
@@ -74,12 +86,10 @@ async def runs_page(
 
 @router.get("/runs/rows", response_class=HTMLResponse)
 async def runs_rows(
-    request: Request, v: ViewerDep, settings: SettingsDep, engine: EngineDep,
-    status: Filter = None, version: Filter = None, key: Filter = None, q: Filter = None,
-    page_no: Annotated[int, Query(alias="page", ge=1, le=10_000)] = 1,
-) -> HTMLResponse:  # fmt: skip
+    request: Request, v: ViewerDep, settings: SettingsDep, engine: EngineDep, f: FiltersDep
+) -> HTMLResponse:
     """The list's rows alone (polled every few seconds)."""
-    listing = await _list(settings, engine, v, status, version, key, q, page_no)
+    listing = await _list(settings, engine, v, f)
     return page(request, "_run_rows.html", v, listing=listing)
 
 
@@ -101,7 +111,7 @@ async def start_run(
             key=v.principal, tracing=tracing, metrics=metrics, idempotency_key=None,
         )  # fmt: skip
     except (HTTPException, RequestValidationError, ValidationError) as exc:
-        listing = await _list(settings, engine, v, None, None, None, None, 1)
+        listing = await _list(settings, engine, v, RunFilters())
         return page(
             request, "runs.html", v, status_code=getattr(exc, "status_code", 422),
             listing=listing, filters={}, page_no=1, pages=1, statuses=RUN_STATUSES,
