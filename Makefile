@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup system-deps up test lint format bench clean
+.PHONY: setup system-deps up test test-fast lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,9 @@ up: setup  ## the embedded stack: Temporal dev server (persisted), worker, API o
 
 test: setup  ## the whole suite (what CI runs)
 	$(BIN)/pytest
+
+test-fast: setup  ## the everyday loop: the tests that need no server (seconds)
+	$(BIN)/pytest -m "not slow" -q
 
 lint: setup
 	$(BIN)/ruff check .

@@ -24,44 +24,33 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, Engine
 from temporalio import activity
 
-from activities import store
 from activities.breaker import BreakerRegistry
 from activities.calls import CallOutcome, MeteredCaller, RunRow
 from activities.heartbeat import heartbeating
 from activities.llm import LLMProvider, LLMResponse
+from activities.models import model_for
 from activities.prompts import render
 from activities.ratelimit import RateLimiter
 from activities.research import needs_research, shared_research
 from activities.tools import ToolContext, ToolRegistry
 from activities.tools.files import parse_files
 from activities.tools.search import SearchOutcome
-from costs import ledger
 from costs.pricing import Pricer
 from crewline.db import DbRunner, utcnow
 from crewline.metrics import Metrics
-from crewline.settings import AGENTS, Settings
-from crewline.statuses import TERMINAL_STATUSES
+from crewline.settings import Settings
 from crewline.telemetry import Tracing
+from records import ledger
+from records import runs as store
+from records.pipeline import Compact
+from records.statuses import AGENTS
+from records.statuses import TERMINAL as TERMINAL_STATUSES
 
 # Outputs handed back to the workflow are stored in its history: keep them small. The full text
 # is in the step row (where the next steps read it); the history gets the finalizer's answer
 # (bounded) and, for the other steps, a preview that keeps the Web UI readable.
 MAX_RESULT_CHARS = 16_000
 PREVIEW_CHARS = 160
-
-
-class Compact(BaseModel):
-    """A model that travels through workflow histories: a field left at its default counts as
-    unset, so crewline's data converter (which omits unset fields) does not store it — the
-    reader gets the same default back."""
-
-    def model_post_init(self, context: Any, /) -> None:
-        fields = type(self).model_fields
-        self.__pydantic_fields_set__ -= {
-            name
-            for name in self.__pydantic_fields_set__
-            if not fields[name].is_required() and getattr(self, name) == fields[name].default
-        }
 
 
 class AgentInput(Compact):
@@ -230,7 +219,7 @@ class AgentActivities:
         (output, notes)."""
         step = dict(
             position=AGENTS.index(inp.agent), status="RUNNING", attempt=activity.info().attempt,
-            model=self._settings.model_for(inp.agent), provider=self._llm.name, error=None,
+            model=model_for(self._settings, inp.agent), provider=self._llm.name, error=None,
             version=self._version, started_at=utcnow(), finished_at=None, **(extra or {}),
         )  # fmt: skip
 

@@ -29,7 +29,6 @@ from sqlalchemy import Connection, Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import store
 from activities.breaker import BreakerOpenError, BreakerRegistry, CircuitBreaker
 from activities.errors import (
     answered,
@@ -39,15 +38,18 @@ from activities.errors import (
     retry_after_seconds,
 )
 from activities.llm import LLMProvider, LLMRequest, LLMResponse
+from activities.models import model_for
 from activities.ratelimit import RateLimiter, Throttle, blocked_for
-from costs import ledger
 from costs.budget import BudgetExhaustedError, CallPlan, estimate_tokens, plan_call
-from costs.ledger import Charge, Row, Then, cost_of_activity
 from costs.pricing import Pricer
-from crewline.db import DbRunner, to_pico
+from crewline.db import DbRunner
 from crewline.metrics import Metrics
 from crewline.settings import Settings
 from crewline.telemetry import Tracing, fail
+from records import ledger
+from records import runs as store
+from records.ledger import Charge, Row, Then, cost_of_activity
+from records.tables import to_pico
 
 log = structlog.get_logger("crewline.calls")
 T = TypeVar("T")
@@ -139,7 +141,7 @@ class MeteredCaller:
         says RUNNING with the reservation, its last COMPLETED with the answer).
         """
         info = activity.info()
-        model = self._settings.model_for(agent)
+        model = model_for(self._settings, agent)
         prompt_estimate = estimate_tokens(system, user)
         spent, lost = await self._earlier_attempts(run_id, info.attempt)
         left = None if budget_left is None else budget_left - spent
@@ -402,7 +404,7 @@ class MeteredCaller:
         else:
             completion = estimate_tokens(response.text) if response.text else 0
         priced = self._pricer.price(
-            response.model if response.model else self._settings.model_for(agent),
+            response.model if response.model else model_for(self._settings, agent),
             prompt or 0,
             completion or 0,
             cached_tokens=response.cached_tokens,

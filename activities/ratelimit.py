@@ -32,9 +32,10 @@ from sqlmodel import col
 from temporalio.exceptions import ApplicationError
 
 from activities import heartbeat
-from crewline.db import RateBucket, RateGrant, session_scope
+from crewline.db import session_scope
 from crewline.metrics import Metrics
 from crewline.settings import RateLimit
+from records.tables import RateBucket, RateGrant
 
 # A grant counts for the provider's window plus this share of it plus this many seconds.
 _MARGIN_SHARE, _MARGIN_S = 0.02, 0.1

@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from activities.tools.search import SearchOutcome
-from crewline.db import Run, Step
-from crewline.statuses import TERMINAL_STATUSES
+from records.statuses import TERMINAL as TERMINAL_STATUSES
+from records.tables import Run, Step
 
 # A shadow waits this long at most for its primary's search (the primary runs concurrently).
 SHARED_RESEARCH_WAIT_S = 900.0

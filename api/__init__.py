@@ -1,0 +1,44 @@
+"""The HTTP API: thin routes over `services`, one door — `install(app, settings, metrics)` adds
+the routes, the transport's security, the error shapes and the metrics to the app the composition
+root (`cli/server.py`) builds."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from api import errors, security
+from api.routes import costs, health, keys, metrics, runs, shadow, versions
+from crewline.metrics import Metrics
+from crewline.settings import Settings
+from versioning.bundle import MAX_BUNDLE_BYTES
+
+# A client told the database is unavailable tries again after this long.
+DB_RETRY_AFTER_S = 5
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The app database is down, locked past its busy timeout or full: 503 with `Retry-After`
+    (a request that failed here wrote nothing: its transaction rolled back)."""
+    return JSONResponse(
+        status_code=503,
+        content={"detail": "the database is unavailable right now; nothing was changed, retry"},
+        headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+    )
+
+
+def install(app: FastAPI, settings: Settings, registry: Metrics) -> None:
+    app.add_exception_handler(RequestValidationError, errors.validation_error)
+    app.add_exception_handler(DBAPIError, _database_unavailable)
+    app.add_exception_handler(PoolTimeout, _database_unavailable)
+    security.install(app, settings, larger_bodies={("POST", "/versions"): MAX_BUNDLE_BYTES})
+    app.include_router(runs.router)
+    app.include_router(costs.router)
+    app.include_router(shadow.router)  # before versions: /versions/shadow is not an id
+    app.include_router(versions.router)
+    app.include_router(keys.router)
+    app.include_router(health.router)
+    metrics.install(app, registry)

@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from api.app import create_app
 from bench.harness import BENCH_AUTH, free_port, percentiles
 from bench.versions import two_versions
+from cli.server import create_app
 from cli.stack import _ApiServer
 from versioning import shadow
 

@@ -32,7 +32,7 @@ from temporalio.client import Client
 from bench.harness import Stack, embedded_stack, free_port, sequential_overheads, throughput
 from crewline.metrics import Metrics, MetricsServer
 from crewline.telemetry import Tracing, setup_tracing
-from workers.main import build_worker
+from workers.main import build_worker, worker_interceptors
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 
 # Prometheus' default scrape interval (and the compose file's).
@@ -43,7 +43,7 @@ class Arm:
     def __init__(self, stack: Stack, tracing: Tracing) -> None:
         self.stack, self.tracing = stack, tracing
         config = stack.client.config()
-        config["interceptors"] = tracing.interceptors()
+        config["interceptors"] = worker_interceptors(tracing)
         self.client = Client(**config)
         self.metrics = Metrics()
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Stack, embedded_stack, percentiles
-from crewline.db import steps_of
 from crewline.settings import Settings
+from records.runs import steps_of
 from versioning import activation, bundle, deployment, registry
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from cli.http import exit_hard, request
-from crewline.keys import Scope
 from crewline.settings import Settings
+from services.keys import Scope
 
 app = typer.Typer(help="API keys: create, list, revoke (admin).", no_args_is_help=True)
 

@@ -16,7 +16,7 @@ import typer
 
 from cli.http import api_client, exit_hard, fail, request
 from crewline.settings import Settings
-from crewline.statuses import TERMINAL_STATUSES
+from records.statuses import TERMINAL as TERMINAL_STATUSES
 
 
 def _elapsed(step: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from cli.http import exit_hard, fail
-from costs.pricing import UnknownPriceError
 from crewline.settings import ConfigurationError, Settings
 from versioning.bundle import BundleError
 
@@ -39,7 +38,7 @@ def up(
     settings = configure()
     try:
         asyncio.run(run_stack(settings, worker_processes=workers))
-    except (ConfigurationError, UnknownPriceError, RuntimeError, TimeoutError, ValueError) as exc:
+    except (ConfigurationError, RuntimeError, TimeoutError, ValueError) as exc:
         fail(str(exc))
     exit_hard(0)
 
@@ -72,7 +71,7 @@ def worker(
             from workers.serve import serve
 
             asyncio.run(serve(settings, version))
-    except (ConfigurationError, UnknownPriceError, BundleError) as exc:
+    except (ConfigurationError, BundleError) as exc:
         fail(str(exc))
     except RuntimeError as exc:
         fail(f"{exc} (TEMPORAL_ADDRESS={settings.temporal_address})")
@@ -83,7 +82,7 @@ def api() -> None:
     """Run the HTTP API against TEMPORAL_ADDRESS."""
     import uvicorn
 
-    from api.app import create_app
+    from cli.server import create_app
 
     settings = configure()
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port)

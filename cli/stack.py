@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -28,16 +29,19 @@ import uvicorn
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from api.app import create_app
-from crewline import keys
+from cli.server import create_app
 from crewline.db import make_engine
 from crewline.process import stop_processes
 from crewline.settings import Settings
 from crewline.telemetry import setup_tracing
 from crewline.temporal import DevServer, connect, die_with_parent, port_open
+from services import keys
 from versioning import activation, deployment, registry, shadow
 from versioning.bundle import BundleError, collect, default_source
+from versioning.deployment import DeploymentState
+from versioning.loader import check_servable
 from workers.main import GRACEFUL_SHUTDOWN
+from workers.serve import snapshot_working_tree
 
 log = structlog.get_logger("crewline.stack")
 
@@ -125,34 +129,66 @@ def _stop_event(server: DevServer, workers: WorkerChildren) -> asyncio.Event:
     return event
 
 
-async def _versions_to_serve(
-    client: Client, settings: Settings, engine: Engine
-) -> list[str | None]:
+@dataclass(frozen=True)
+class Plan:
+    """Which versions this stack's workers serve, and a version to make current once its worker
+    is live (a fresh deployment, or an active version this crewline cannot serve)."""
+
+    serve: list[str]
+    activate: str | None = None
+    why: str | None = None
+
+
+def _plan(client_state: DeploymentState, settings: Settings, engine: Engine) -> Plan:
     """The active version, the one a rollback returns to and the shadow candidate (if their zips
-    are here); on a fresh
-    deployment, [None]: the working tree, which the worker snapshots and activates."""
-    state = await activation.reconcile(client, settings, engine)
-    if state.current is None:
-        return [None]
+    are here). On a fresh deployment: the working tree, snapshotted here (the control plane) and
+    activated once served."""
+    current = client_state.current
+    if current is None:
+        tree = snapshot_working_tree(settings, engine)
+        return Plan([tree], activate=tree, why="first start: no version was active")
+    row = registry.get(engine, current)
+    try:
+        if row is not None:
+            check_servable(row.manifest(), current)
+    except BundleError as exc:
+        tree = snapshot_working_tree(settings, engine)
+        log.warning("stack.active_version_unservable", version=current, error=str(exc))
+        return Plan([tree], activate=tree, why=f"{current} cannot be served by this crewline")
     rows = registry.history(engine, limit=10_000)
-    stack = registry.active_stack(reversed(rows), state.current)
-    serve: list[str | None] = [state.current]
+    stack = registry.active_stack(reversed(rows), current)
+    serve = [current]
     candidate = shadow.get_config(engine).candidate
     for extra in (stack[-2] if len(stack) >= 2 else None, candidate):
         if extra and extra not in serve and (settings.snapshots_dir / f"{extra}.zip").is_file():
             serve.append(extra)
-    return serve
+    return Plan(serve)
 
 
-async def _wait_ready(client: Client, settings: Settings, workers: WorkerChildren) -> str:
-    """Until the deployment has a current version with a live worker; its id."""
+async def _wait_ready(
+    client: Client, settings: Settings, engine: Engine, workers: WorkerChildren, plan: Plan
+) -> str:
+    """Until the deployment has a current version with a live worker (making `plan.activate`
+    current once its worker is live); its id."""
     deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S
     while asyncio.get_running_loop().time() < deadline:
         dead = workers.exited()
         if dead:
             raise RuntimeError(f"worker process exited: {', '.join(dead)}; see its output above")
+        live = await deployment.live_workers(client, settings)
         state = await deployment.describe(client, settings)
-        if state.current and (await deployment.live_workers(client, settings)).get(state.current):
+        if plan.activate and state.current != plan.activate and live.get(plan.activate):
+            if state.current is None:
+                await activation.bootstrap(
+                    client, settings, engine, plan.activate, by="crewline up"
+                )
+            else:
+                await activation.activate(
+                    client, settings, engine, plan.activate, reason=plan.why, by="crewline up"
+                )
+            log.info("version.bootstrapped", version=plan.activate, why=plan.why)
+            continue
+        if state.current and live.get(state.current):
             return state.current
         await asyncio.sleep(0.3)
     raise TimeoutError(f"no worker served the active version within {READY_TIMEOUT_S:.0f}s")
@@ -220,9 +256,11 @@ async def run_stack(settings: Settings, worker_processes: int = 1) -> None:
         stop = _stop_event(server, workers)
         client = await connect(settings, interceptors=tracing.interceptors())
         engine = make_engine(settings.resolved_database_url)
-        for version in await _versions_to_serve(client, settings, engine):
+        state = await activation.reconcile(client, settings, engine)
+        plan = await asyncio.to_thread(_plan, state, settings, engine)
+        for version in plan.serve:
             workers.spawn(version)
-        active = await _wait_ready(client, settings, workers)
+        active = await _wait_ready(client, settings, engine, workers, plan)
         # More processes for the active version once it exists (on a fresh deployment the first
         # worker snapshots the tree and activates it; the others then serve that snapshot).
         for _ in range(worker_processes - 1):

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from cli.http import exit_hard, fail, request
-from crewline.settings import AGENTS, ConfigurationError, Settings
+from crewline.settings import ConfigurationError, Settings
+from records.statuses import AGENTS
 from versioning.bundle import BundleError, collect, default_source, zip_bytes
 
 app = typer.Typer(
@@ -63,9 +64,11 @@ def snapshot(
     state = "new" if out["created"] else "unchanged: this content is already a version"
     ms = bundle.manifest.model_settings
     try:  # the models these settings pick under this host's provider
+        from activities.models import model_for  # a client: the tree's rule, never a worker's
+
         applied = ms.apply(settings)
         models = f"{applied.provider()}: " + ", ".join(
-            sorted({applied.model_for(agent) for agent in AGENTS})
+            sorted({model_for(applied, agent) for agent in AGENTS})
         )
     except ConfigurationError:
         models = ", ".join(sorted({ms.groq_model, *ms.agent_models.values()}))

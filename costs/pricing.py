@@ -15,18 +15,14 @@ from typing import Any
 
 import genai_prices
 from genai_prices import Usage, calc_price, extract_usage
-from pydantic import BaseModel, Field
+
+from crewline.settings import ConfigurationError, ModelPrice
 
 MTOK = Decimal(1_000_000)
 
 
-class ModelPrice(BaseModel):
-    input_per_mtok: Decimal = Field(ge=0)
-    output_per_mtok: Decimal = Field(ge=0)
-
-
-class UnknownPriceError(LookupError):
-    pass
+class UnknownPriceError(ConfigurationError, LookupError):
+    """No price for a model: a configuration to fix (the message says what to set)."""
 
 
 @dataclass(frozen=True)

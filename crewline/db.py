@@ -1,8 +1,10 @@
-"""The app database: runs, their steps and artifacts (SQLite by default, PostgreSQL in production).
+"""The app database's plumbing: the engine (SQLite by default, PostgreSQL in production), sessions,
+dialect-aware upserts, and the threads that keep synchronous SQLAlchemy off event loops.
 
-Rule upheld here: every write is idempotent on a natural key. A retried activity or a retried
-HTTP request updates the row it wrote before instead of adding a second one — (run_id, agent) for
-steps, (run_id, path) for artifacts, run_id and idempotency_key for runs.
+No table is defined here: each room owns its tables (`records` the runtime's, `versioning` the
+registry's, `services.keys` the API keys, `dashboard.sessions` the sign-ins). `make_engine`
+creates whatever tables the process has imported, and adds the nullable columns a newer crewline
+added to an existing database.
 """
 
 from __future__ import annotations
@@ -13,228 +15,17 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Connection,
-    Engine,
-    Numeric,
-    Text,
-    UniqueConstraint,
-    event,
-    inspect,
-    text,
-)
-from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+from sqlalchemy import Connection, Engine, event, inspect, text
+from sqlmodel import Session, SQLModel, create_engine
 
 T = TypeVar("T")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class Run(SQLModel, table=True):
-    run_id: str = Field(primary_key=True, max_length=64)
-    query: str
-    status: str = Field(default="QUEUED", index=True, max_length=32)
-    budget_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(18, 6)))
-    idempotency_key: str | None = Field(default=None, unique=True, max_length=200)
-    provider: str | None = Field(default=None, max_length=32)
-    final_answer: str | None = None
-    error: str | None = None
-    failed_agent: str | None = Field(default=None, max_length=32)
-    # The snapshot id of the version that ran it (None: an unversioned worker, or not started).
-    version: str | None = Field(default=None, index=True, max_length=64)
-    # Side-effect tools recorded intents instead of acting (DRY_RUN, `dry_run`, every shadow).
-    dry_run: bool | None = None
-    # A shadow run: the primary run it re-ran on the candidate version.
-    shadow_of: str | None = Field(default=None, index=True, max_length=64)
-    # The API key that started it (its public id; a shadow carries its primary's).
-    key_id: str | None = Field(default=None, index=True, max_length=32)
-    # Its OpenTelemetry trace (32 hex), when tracing is on.
-    trace_id: str | None = Field(default=None, max_length=32)
-    created_at: datetime = Field(default_factory=utcnow, index=True)
-    updated_at: datetime = Field(default_factory=utcnow)
-
-
-class Step(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("run_id", "agent", name="uq_step_run_agent"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(index=True, max_length=64)
-    agent: str = Field(max_length=32)
-    position: int = 0
-    status: str = Field(default="RUNNING", max_length=32)
-    output: str | None = None
-    notes: str | None = None
-    model: str | None = Field(default=None, max_length=128)
-    provider: str | None = Field(default=None, max_length=32)
-    version: str | None = Field(default=None, max_length=64)
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    attempt: int = 1
-    error: str | None = None
-    cost_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 10)))
-    # The researcher's search outcome (JSON): a shadow run of this run reuses it.
-    research_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    # Worst case of the call in flight (0 when none): live "reserved" spend.
-    reserved_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 10)))
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-
-class Artifact(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("run_id", "path", name="uq_artifact_run_path"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(index=True, max_length=64)
-    path: str = Field(max_length=512)
-    size_bytes: int
-    sha256: str = Field(max_length=64)
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-class Intent(SQLModel, table=True):
-    """What a side-effect tool would have done in a dry run: the tool, a summary, the arguments.
-    Keyed by (run, agent, seq) so a retried step rewrites its intents instead of adding more."""
-
-    __table_args__ = (UniqueConstraint("run_id", "agent", "seq", name="uq_intent_run_agent_seq"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(index=True, max_length=64)
-    agent: str = Field(max_length=32)
-    seq: int
-    tool: str = Field(max_length=64)
-    summary: str = Field(max_length=500)
-    args_json: str = Field(sa_column=Column(Text, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-PICO = Decimal("1e12")
-
-
-def to_pico(usd: Decimal) -> int:
-    """Money is stored as integer pico-dollars: exact sums on SQLite and PostgreSQL alike."""
-    return int((usd * PICO).to_integral_value())
-
-
-def from_pico(value: int | None) -> Decimal:
-    return (Decimal(value or 0) / PICO).normalize() if value else Decimal(0)
-
-
-class LedgerEntry(SQLModel, table=True):
-    """One LLM call attempt the provider accepted. Keyed so a retry or replay cannot double it."""
-
-    __tablename__ = "ledger"
-    __table_args__ = (
-        UniqueConstraint("workflow_id", "activity_id", "attempt", name="uq_ledger_attempt"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(index=True, max_length=64)
-    workflow_id: str = Field(max_length=200)
-    activity_id: str = Field(max_length=64)
-    attempt: int
-    agent: str = Field(index=True, max_length=32)
-    provider: str = Field(max_length=32)
-    model: str = Field(index=True, max_length=128)
-    version: str | None = Field(default=None, max_length=64)
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
-    cost_pusd: int = Field(sa_column=Column(BigInteger, nullable=False))
-    input_per_mtok: str | None = Field(default=None, max_length=32)
-    output_per_mtok: str | None = Field(default=None, max_length=32)
-    price_source: str = Field(max_length=64)
-    usage_source: str = Field(max_length=16)  # "reported" | "estimated"
-    # "pending": reserved, the request may be at the provider; "settled" (None on rows written
-    # before this column existed). A pending row holds the reservation's worst case.
-    state: str | None = Field(default=None, index=True, max_length=16)
-    # Why an estimated row has no reported usage: timeout, malformed, connection_lost,
-    # cancelled, worker_lost (its worker died mid-call and a later attempt or the run's end
-    # settled it).
-    cut_off_by: str | None = Field(default=None, max_length=32)
-    shadow: bool = False
-    # The API key that started the run (copied from the run row as the row is written).
-    key_id: str | None = Field(default=None, index=True, max_length=32)
-    created_at: datetime = Field(default_factory=utcnow, index=True)
-
-    @property
-    def cost_usd(self) -> Decimal:
-        return from_pico(self.cost_pusd)
-
-
-class ApiKey(SQLModel, table=True):
-    """An API key: only its SHA-256 is stored; the key itself is shown once, at creation."""
-
-    __tablename__ = "api_key"
-
-    key_id: str = Field(primary_key=True, max_length=32)  # public: in logs, rows and answers
-    name: str = Field(max_length=64)
-    scope: str = Field(max_length=16)  # "read" | "run" | "admin"
-    key_sha256: str = Field(unique=True, max_length=64)
-    source: str = Field(default="api", max_length=16)  # "api" | "bootstrap" | "env"
-    created_at: datetime = Field(default_factory=utcnow)
-    last_used_at: datetime | None = None
-    revoked_at: datetime | None = None
-
-
-class DashboardSession(SQLModel, table=True):
-    """A browser signed in to the dashboard with an API key: the cookie holds a random token,
-    the database only its SHA-256 and the key's public id (a revoked key ends its sessions)."""
-
-    __tablename__ = "dashboard_session"
-
-    token_sha256: str = Field(primary_key=True, max_length=64)
-    key_id: str = Field(index=True, max_length=32)
-    csrf: str = Field(max_length=64)  # echoed by every form the session posts
-    created_at: datetime = Field(default_factory=utcnow)
-    expires_at: datetime
-
-
-class BreakerRow(SQLModel, table=True):
-    """Last known state of one worker's circuit breaker for one provider + model."""
-
-    __tablename__ = "breaker_state"
-    __table_args__ = (UniqueConstraint("worker", "provider", "model", name="uq_breaker"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    worker: str = Field(max_length=200)
-    provider: str = Field(max_length=32)
-    model: str = Field(max_length=128)
-    state: str = Field(max_length=16)
-    consecutive_failures: int = 0
-    times_opened: int = 0
-    opened_at: datetime | None = None
-    updated_at: datetime = Field(default_factory=utcnow)
-
-
-class RateBucket(SQLModel, table=True):
-    """One provider model's shared rate limit (`activities/ratelimit.py`): its row lock orders
-    the grants of every worker; `blocked_until` is when the provider said to come back."""
-
-    __tablename__ = "rate_bucket"
-
-    key: str = Field(primary_key=True, max_length=200)  # provider/model
-    touched: float = 0.0  # the database's clock at the last grant (epoch seconds)
-    blocked_until: float | None = None
-
-
-class RateGrant(SQLModel, table=True):
-    """A call let through a rate limit: when (the database's clock) and how many tokens."""
-
-    __tablename__ = "rate_grant"
-
-    id: int | None = Field(default=None, primary_key=True)
-    bucket: str = Field(index=True, max_length=200)
-    at: float = Field(index=True)
-    tokens: int = 0
-    attempt: str = Field(max_length=300)  # workflow/activity/attempt, for the logs
 
 
 SQLITE_POOL_SIZE = 40
@@ -346,32 +137,3 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except Exception:
             session.rollback()
             raise
-
-
-def get_run(engine: Engine, run_id: str) -> Run | None:
-    with Session(engine) as session:
-        return session.get(Run, run_id)
-
-
-def steps_of(engine: Engine, run_id: str) -> list[Step]:
-    with Session(engine) as session:
-        stmt = select(Step).where(Step.run_id == run_id).order_by(Step.position)  # type: ignore[arg-type]
-        return list(session.exec(stmt))
-
-
-def breakers(engine: Engine) -> list[BreakerRow]:
-    with Session(engine) as session:
-        stmt = select(BreakerRow).order_by(col(BreakerRow.updated_at).desc())
-        return list(session.exec(stmt))
-
-
-def intents_of(engine: Engine, run_id: str) -> list[Intent]:
-    with Session(engine) as session:
-        stmt = select(Intent).where(Intent.run_id == run_id).order_by(col(Intent.id))
-        return list(session.exec(stmt))
-
-
-def artifacts_of(engine: Engine, run_id: str) -> list[Artifact]:
-    with Session(engine) as session:
-        stmt = select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.path)  # type: ignore[arg-type]
-        return list(session.exec(stmt))

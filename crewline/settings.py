@@ -15,15 +15,18 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from costs.pricing import ModelPrice
-
-AGENTS: tuple[str, ...] = ("researcher", "planner", "executor", "coder", "finalizer")
-
 ProviderName = Literal["groq", "openai", "scripted"]
 
 
 class ConfigurationError(Exception):
     """Configuration that cannot work; the message says what to set."""
+
+
+class ModelPrice(BaseModel):
+    """A model's price per million tokens (a `MODEL_PRICES` entry)."""
+
+    input_per_mtok: Decimal = Field(ge=0)
+    output_per_mtok: Decimal = Field(ge=0)
 
 
 class RateLimit(BaseModel):
@@ -97,6 +100,9 @@ class Settings(BaseSettings):
     dry_run: bool = Field(default=False, alias="DRY_RUN")
     # Delay the scripted provider adds per call (demos of progress, benchmarks).
     scripted_delay_s: float = Field(default=0.3, alias="SCRIPTED_DELAY_S", ge=0)
+
+    # How often the reconciler makes the database agree with Temporal (services/reconcile.py).
+    reconcile_every_s: float = Field(default=10.0, alias="RECONCILE_EVERY_S", gt=0)
 
     # --- research ----------------------------------------------------------------------------
     research_mode: Literal["auto", "always", "never"] = Field(default="auto", alias="RESEARCH_MODE")
@@ -189,14 +195,6 @@ class Settings(BaseSettings):
             raise ValueError("an API key must be at least 16 characters")
         return value
 
-    @field_validator("agent_models")
-    @classmethod
-    def _known_agents(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value) - set(AGENTS))
-        if unknown:
-            raise ValueError(f"AGENT_MODELS names unknown agents {unknown}; known: {list(AGENTS)}")
-        return value
-
     # --- derived -------------------------------------------------------------------------------
     @property
     def resolved_database_url(self) -> str:
@@ -247,24 +245,3 @@ class Settings(BaseSettings):
             "LLM_PROVIDER=openai with LLM_BASE_URL/LLM_MODEL for a local OpenAI-compatible "
             "server, or LLM_PROVIDER=scripted for the offline demo provider (canned answers)."
         )
-
-    def rate_limits(self) -> dict[str, RateLimit]:
-        """The limit of each model the agents use that has one (LLM_RATE_LIMITS first, then
-        GROQ_RATE_LIMIT for the Groq models)."""
-        limits = dict(self.llm_rate_limits)
-        if self.groq_rate_limit is not None and self.provider() == "groq":
-            for agent in AGENTS:
-                limits.setdefault(
-                    self.model_for(agent), RateLimit(requests_per_minute=self.groq_rate_limit)
-                )
-        return limits
-
-    def model_for(self, agent: str) -> str:
-        if agent in self.agent_models:
-            return self.agent_models[agent]
-        provider = self.provider()
-        if provider == "openai":
-            return self.llm_model or "llama3.1"
-        if provider == "scripted":
-            return "scripted-v1"
-        return self.groq_model

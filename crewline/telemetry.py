@@ -61,10 +61,11 @@ class Tracing:
         return self.provider is not None
 
     def interceptors(self) -> list[Any]:
-        """Temporal client interceptors (a client's workers inherit them); none when off."""
+        """Temporal client interceptors; none when off. A worker's client adds the workflow
+        relay (`workers.main.worker_interceptors`)."""
         if self.provider is None:
             return []
-        return [_RunTracing(self.tracer)]
+        return [TracingInterceptor(self.tracer)]
 
     def text(self, value: str) -> str | None:
         """Content for a span attribute: only with TRACE_CONTENT=true, redacted and truncated."""
@@ -95,17 +96,6 @@ class Tracing:
     def shutdown(self) -> None:
         if self.provider is not None:
             self.provider.shutdown()
-
-
-class _RunTracing(TracingInterceptor):
-    """Temporal's TracingInterceptor for the client (StartWorkflow…) and activities
-    (RunActivity…), with a relay for its workflow half (`workflows/tracing.py`): the steps'
-    spans hang off the request's, without a span per workflow task."""
-
-    def workflow_interceptor_class(self, input: Any) -> type[Any]:
-        from workflows.tracing import TraceRelay  # workflow code, kept with the workflows
-
-        return TraceRelay
 
 
 def fail(span: Span, error_type: str, message: str) -> None:

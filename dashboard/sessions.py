@@ -13,20 +13,33 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from fastapi import HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
-from sqlmodel import Session, delete
+from sqlmodel import Field, Session, SQLModel, delete
 
-from api.security import Principal
-from crewline import keys
-from crewline.db import ApiKey, DashboardSession, session_scope, utcnow
-from crewline.keys import Scope
+from crewline.db import session_scope, utcnow
+from services import keys
+from services.access import Principal
+from services.keys import ApiKey, Scope
 
 COOKIE = "crewline_session"
 LIFETIME = timedelta(hours=12)
+
+
+class DashboardSession(SQLModel, table=True):
+    """A browser signed in to the dashboard with an API key: the cookie holds a random token,
+    the database only its SHA-256 and the key's public id (a revoked key ends its sessions)."""
+
+    __tablename__ = "dashboard_session"
+
+    token_sha256: str = Field(primary_key=True, max_length=64)
+    key_id: str = Field(index=True, max_length=32)
+    csrf: str = Field(max_length=64)  # echoed by every form the session posts
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,8 @@ def _lookup(engine: Engine, token: str) -> Viewer | None:
 async def viewer(request: Request) -> Viewer:
     """The signed-in viewer, or `SignInRequired` (the app answers with the sign-in page)."""
     token = request.cookies.get(COOKIE)
-    found = await run_in_threadpool(_lookup, request.app.state.engine, token) if token else None
+    engine = request.app.state.services.ctx.engine
+    found = await run_in_threadpool(_lookup, engine, token) if token else None
     if found is None:
         raise SignInRequired()
     request.state.principal = found.principal

@@ -23,7 +23,7 @@ from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from api.app import create_app
+from cli.server import create_app
 from cli.stack import _ApiServer
 from crewline.db import make_engine
 from crewline.settings import Settings
@@ -122,16 +122,45 @@ def fake_groq() -> Iterator[FakeGroq]:
     server.stop()
 
 
+# Fixtures that need the session's Temporal dev server (starting it takes seconds).
+SERVER_FIXTURES = {"dev_env", "client", "api", "api_url", "new_worker", "ts_env"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `slow`: needs a Temporal server, PostgreSQL, a browser or child processes. The everyday
+    # loop is `pytest -m "not slow"` (seconds); CI runs everything.
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_postgres = params.get("db_backend") == "postgresql"
+        module = getattr(item, "module", None)
+        if (
+            names & SERVER_FIXTURES
+            or on_postgres
+            or getattr(module, "__name__", "") in SLOW_MODULES
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
+SLOW_MODULES = {
+    "tests.test_bench", "tests.test_browser", "tests.test_stack", "tests.test_deploy",
+    "tests.test_restart",
+}  # fmt: skip
+
+
 @pytest.fixture
 def settings(
     tmp_path: Path,
     fake_groq: FakeGroq,
-    dev_env: WorkflowEnvironment,
     db_backend: str,
     request: pytest.FixtureRequest,
 ) -> Settings:
     """Groq provider pointed at the fake server; everything written under tmp_path; the app
-    database SQLite there, or a fresh PostgreSQL database (tests marked `both_databases`)."""
+    database SQLite there, or a fresh PostgreSQL database (tests marked `both_databases`). Only a
+    test that uses a Temporal server gets its address (and starts it): the others need none."""
+    address = "127.0.0.1:1"  # nothing listens: a test that forgot to ask for a server fails fast
+    if SERVER_FIXTURES & set(request.fixturenames):
+        address = request.getfixturevalue("dev_env").client.service_client.config.target_host
     database_url = None
     if db_backend == "postgresql":
         database_url = request.getfixturevalue("postgres").new_database()
@@ -142,12 +171,13 @@ def settings(
         GROQ_BASE_URL=fake_groq.base_url,
         GROQ_MODEL="llama-3.3-70b-versatile",
         CREWLINE_DATA_DIR=tmp_path / "data",
-        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+        TEMPORAL_ADDRESS=address,
         CREWLINE_TASK_QUEUE=f"tq-{uuid.uuid4().hex[:8]}",
         CREWLINE_DEPLOYMENT=f"dep-{uuid.uuid4().hex[:8]}",
         WORKER_HEARTBEAT_S=1,
         WORKER_METRICS_PORT=0,  # a test that scrapes a worker gives it a free port
         SEARCH_BACKEND="none",
+        RECONCILE_EVERY_S=0.5,
         LLM_RETRY_BASE_S=0.05,
         LLM_RETRY_CAP_S=0.2,
         LLM_TIMEOUT_S=5,

@@ -10,7 +10,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from api.app import create_app
+from cli.server import create_app
 from crewline.settings import Settings
 from tests.conftest import AUTH, assert_eventually
 from tests.fakes import FakeGroq, Hang
@@ -141,13 +141,24 @@ async def test_no_provider_configured_is_503_with_what_to_set(
     assert health.status_code == 503 and health.json()["llm"]["ok"] is False
 
 
-async def test_health_reports_parts(api: httpx.AsyncClient, fake_groq: FakeGroq) -> None:
-    response = await api.get("/health")
+async def test_health_reports_parts(
+    api: httpx.AsyncClient, fake_groq: FakeGroq, new_worker: Any
+) -> None:
+    alone = await api.get("/health")  # nothing serves runs: down, and it says why
+    assert alone.status_code == 503
+    assert "no worker polls task queue" in alone.json()["workers"]["error"]
+    async with new_worker():
+        await assert_eventually(lambda: _healthy(api), timeout=20)
+        response = await api.get("/health")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok" and body["database"]["ok"] and body["temporal"]["ok"]
     # The provider was probed (the fake answers, if not with a model list): reachable.
     assert body["llm"] == {"ok": True, "provider": "groq", "url": fake_groq.base_url}
+
+
+async def _healthy(api: httpx.AsyncClient) -> bool:
+    return (await api.get("/health")).status_code == 200
 
 
 async def test_temporal_down_is_503_and_leaves_no_row(settings: Settings, engine: Any) -> None:

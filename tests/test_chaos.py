@@ -20,8 +20,9 @@ import pytest
 from temporalio.client import Client
 
 from cli.runs import costs_table
-from costs.ledger import calls_of, grouped
-from crewline.settings import AGENTS, Settings
+from crewline.settings import Settings
+from records.ledger import calls_of, grouped
+from records.statuses import AGENTS
 from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Reply
 from tests.procs import WorkerProcesses

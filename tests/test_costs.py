@@ -16,10 +16,11 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from costs.budget import BudgetExhaustedError, estimate_tokens, plan_call
-from costs.ledger import calls_of, record_call
 from costs.pricing import ModelPrice, Pricer, UnknownPriceError
-from crewline.db import LedgerEntry, steps_of, to_pico
 from crewline.settings import Settings
+from records.ledger import calls_of, record_call
+from records.runs import steps_of
+from records.tables import LedgerEntry, to_pico
 from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Hang, Reply, Status
 from workers.main import build_worker

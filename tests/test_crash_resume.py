@@ -8,9 +8,9 @@ from typing import Any
 
 from temporalio.client import Client
 
-from costs.ledger import calls_of
-from crewline.db import steps_of
 from crewline.settings import Settings
+from records.ledger import calls_of
+from records.runs import steps_of
 from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Hang
 from tests.procs import WorkerProcesses

@@ -16,14 +16,14 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from api.app import create_app
-from costs.ledger import calls_of
-from crewline import keys
-from crewline.db import DashboardSession, get_run
-from crewline.keys import Scope
+from cli.server import create_app
 from crewline.settings import Settings
 from dashboard.render import money
-from dashboard.sessions import COOKIE
+from dashboard.sessions import COOKIE, DashboardSession
+from records.ledger import calls_of
+from records.runs import get_run
+from services import keys
+from services.keys import Scope
 from tests.conftest import ADMIN_KEY, assert_eventually
 from tests.fakes import FakeGroq
 

@@ -16,11 +16,13 @@ from sqlmodel import Session, func, select
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import store
-from costs import ledger
-from costs.ledger import calls_of
-from crewline.db import LedgerEntry, Run, Step, steps_of
-from crewline.settings import AGENTS, Settings
+from crewline.settings import Settings
+from records import ledger
+from records import runs as store
+from records.ledger import calls_of
+from records.runs import steps_of
+from records.statuses import AGENTS
+from records.tables import LedgerEntry, Run, Step
 from tests.conftest import start_pipeline
 from tests.fakes import FakeGroq, Reply
 

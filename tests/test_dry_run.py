@@ -15,8 +15,9 @@ from temporalio.worker import Worker
 
 from activities.tools import ToolContext
 from activities.tools.builtin import build_tools
-from crewline.db import Intent, intents_of
 from crewline.settings import Settings
+from records.runs import intents_of
+from records.tables import Intent
 from tests.conftest import assert_eventually, run_cli
 from tests.fakes import FakeGroq
 

@@ -20,8 +20,8 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.breaker import BreakerRegistry
-from crewline.db import breakers, steps_of
 from crewline.settings import Settings
+from records.runs import breakers, steps_of
 from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Hang, Malformed, Reply, Status
 from tests.procs import WorkerProcesses

@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 from temporalio.client import Client
 
-from api.app import create_app
+from cli.server import create_app
 from cli.stack import _ApiServer
 from crewline.settings import Settings
 from tests.conftest import ADMIN_KEY, free_port

@@ -10,8 +10,8 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
 from activities.tools.search import SearchHit
-from crewline.db import artifacts_of, get_run, steps_of
 from crewline.settings import Settings
+from records.runs import artifacts_of, get_run, steps_of
 from tests.conftest import start_pipeline
 from tests.fakes import FakeGroq, FakeSearch, Status
 from workflows.pipeline import AGENT_ORDER

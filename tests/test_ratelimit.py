@@ -19,10 +19,12 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
 from activities.breaker import BreakerRegistry
+from activities.models import rate_limits
 from activities.ratelimit import RateLimiter, blocked_for, parse_reset
-from costs.ledger import calls_of
-from crewline.db import Step, get_run, steps_of
 from crewline.settings import RateLimit, Settings
+from records.ledger import calls_of
+from records.runs import get_run, steps_of
+from records.tables import Step
 from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Status
 from tests.procs import WorkerProcesses
@@ -184,7 +186,7 @@ def test_limits_come_from_the_seeds_setting_and_the_json() -> None:
         ),
         _env_file=None,
     )  # fmt: skip
-    limits = settings.rate_limits()
+    limits = rate_limits(settings)
     assert limits[MODEL] == RateLimit(requests_per_minute=30)
     assert limits["llama-3.1-8b-instant"].tokens_per_minute == 6000
     with pytest.raises(ValueError, match="requests_per_minut"):

@@ -7,9 +7,9 @@ from typing import Any
 
 from temporalio.client import Client
 
-from crewline.db import get_run
 from crewline.settings import Settings
 from crewline.temporal import DATA_CONVERTER, DevServer
+from records.runs import get_run
 from tests.conftest import assert_eventually, free_port, start_pipeline
 from tests.fakes import FakeGroq, Reply
 from tests.procs import WorkerProcesses

@@ -18,9 +18,11 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from costs.ledger import calls_of
-from crewline.db import LedgerEntry, get_run, session_scope, steps_of
+from crewline.db import session_scope
 from crewline.settings import Settings
+from records.ledger import calls_of
+from records.runs import get_run, steps_of
+from records.tables import LedgerEntry
 from tests.conftest import ADMIN_KEY, assert_eventually, run_cli
 from tests.fakes import FakeGroq
 from tests.procs import WorkerProcesses

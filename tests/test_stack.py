@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from crewline.db import get_run, make_engine
+from crewline.db import make_engine
+from records.runs import get_run
 from tests.conftest import assert_eventually, free_port
 
 BIN = Path(sys.executable).parent

@@ -25,19 +25,21 @@ from sqlmodel import Session, select
 from temporalio.client import Client
 
 from activities.tools.search import SearchHit
-from api.app import create_app
-from api.shadow import start_shadow_quietly
-from costs.ledger import calls_of
-from crewline.db import Run, get_run, session_scope
+from cli.server import create_app
+from crewline.db import session_scope
 from crewline.metrics import Metrics, MetricsServer
 from crewline.settings import Settings
 from crewline.telemetry import Tracing, setup_tracing
+from records.ledger import calls_of
+from records.runs import get_run
+from records.tables import Run
+from services import Context, Services
 from tests.conftest import AUTH, assert_eventually, free_port
 from tests.fakes import FakeGroq, FakeSearch, OtlpReceiver, Reply, Status
 from tests.procs import WorkerProcesses
 from tests.snapshots import wait_live
 from versioning import shadow
-from workers.main import build_worker
+from workers.main import build_worker, worker_interceptors
 
 QUERY = "Build a snake game"
 MODEL = "llama-3.3-70b-versatile"
@@ -53,7 +55,7 @@ def in_memory(settings: Settings) -> tuple[Tracing, InMemorySpanExporter]:
 
 def traced_client(client: Client, tracing: Tracing) -> Client:
     """The session's client, with tracing's interceptors (its workers inherit them)."""
-    return Client(**{**client.config(), "interceptors": tracing.interceptors()})
+    return Client(**{**client.config(), "interceptors": worker_interceptors(tracing)})
 
 
 @asynccontextmanager
@@ -229,10 +231,14 @@ async def test_a_shadow_is_its_own_trace_linked_to_its_primary(
         traced, settings, engine=engine, search_backend=None, version=candidate
     ):
         await wait_live(client, settings, candidate)
-        await start_shadow_quietly(
-            traced, settings, engine, primary, tracing=tracing, metrics=Metrics(),
-            primary_span=request_span,
+        services = Services(Context(settings, engine, traced, Metrics(), tracing))
+        row = Run(
+            run_id=f"{primary.run_id}-shadow", query=primary.query, dry_run=True,
+            shadow_of=primary.run_id, version=candidate, budget_usd=Decimal("1"),
         )  # fmt: skip
+        with session_scope(engine) as session:
+            session.add(row)
+        await services.runs.start_shadow(row, request_span)
         shadow_row = get_run(engine, f"{primary.run_id}-shadow")
         assert shadow_row is not None
         await traced.get_workflow_handle(shadow_row.run_id).terminate("test: done")

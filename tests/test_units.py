@@ -17,6 +17,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.errors import backoff_delay, classify, retry_after_seconds
 from activities.heartbeat import FIRST_BEAT_AFTER_S, heartbeating, report
+from activities.models import check_agent_models, model_for
 from activities.research import needs_research
 from activities.tools import ToolContext, ToolRegistry, ToolSpec
 from activities.tools.files import UnsafePathError, parse_files, safe_relative_path, write_artifact
@@ -135,11 +136,11 @@ def test_settings_say_what_to_set() -> None:
         GROQ_API_KEY=KEY, AGENT_MODELS='{"researcher": "llama-3.1-8b-instant"}', _env_file=None
     )
     assert settings.provider() == "groq"
-    assert settings.model_for("researcher") == "llama-3.1-8b-instant"
-    assert settings.model_for("coder") == settings.groq_model
+    assert model_for(settings, "researcher") == "llama-3.1-8b-instant"
+    assert model_for(settings, "coder") == settings.groq_model
     assert KEY not in repr(settings) and KEY not in str(settings.model_dump())
-    with pytest.raises(ValueError, match="unknown agents"):
-        Settings(AGENT_MODELS='{"reviewer": "x"}', _env_file=None)
+    with pytest.raises(ConfigurationError, match="unknown agents"):
+        check_agent_models(Settings(AGENT_MODELS='{"reviewer": "x"}', _env_file=None))
 
 
 def test_breaker_state_machine() -> None:
@@ -176,15 +177,8 @@ def test_breaker_state_machine() -> None:
     assert breaker.consecutive_failures == 0
 
 
-def test_api_status_enum_matches_the_shared_list() -> None:
-    from api.schemas import RunStatus
-    from crewline.statuses import RUN_STATUSES
-
-    assert [s.value for s in RunStatus] == list(RUN_STATUSES)
-
-
 def test_money_leaves_the_api_as_a_plain_decimal() -> None:
-    from api.schemas import StepOut, plain
+    from services.models import StepOut, plain
 
     assert plain(Decimal("0E-10")) == "0" and plain(Decimal("1.2E-4")) == "0.00012"
     step = StepOut(
@@ -233,3 +227,11 @@ async def test_an_attempt_on_time_heartbeats_after_a_second_one_started_late_at_
     beats.clear()
     assert await env.run(step, FIRST_BEAT_AFTER_S + 0.3) == "done"
     assert beats == [("WAITING_FOR_RATE_LIMIT",)]  # a longer step beats after the first second
+
+
+def test_the_tree_declares_the_records_interface_it_is_written_for() -> None:
+    import activities
+    import records
+
+    assert activities.RECORDS_INTERFACE == records.INTERFACE
+    assert records.INTERFACE in records.SUPPORTED_INTERFACES

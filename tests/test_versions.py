@@ -18,8 +18,9 @@ import pytest
 from temporalio.client import Client
 from temporalio.common import PinnedVersioningOverride
 
-from crewline.db import get_run, steps_of
 from crewline.settings import Settings
+from records.ledger import calls_of
+from records.runs import get_run, steps_of
 from tests.conftest import REPO, assert_eventually, run_cli, start_pipeline
 from tests.procs import WorkerProcesses
 from tests.snapshots import checkout, fingerprint, set_finalizer, snapshot, wait_live
@@ -281,3 +282,51 @@ async def test_version_commands(api_url: str, scripted: Settings, tmp_path: Path
     assert refused.returncode == 2 and "no worker is serving" in refused.stderr
     missing = await cli("version", "snapshot", "--from", str(tmp_path))
     assert missing.returncode == 2 and "not a crewline checkout" in missing.stderr
+
+
+SCRIPTED_RULE = (
+    'return Priced(Decimal(0), Decimal(0), Decimal(0), "scripted provider: not a real model")'
+)
+CHANGED_RULE = (
+    "return Priced(Decimal(prompt_tokens + 2 * completion_tokens) / 1_000_000, Decimal(1), "
+    'Decimal(2), "changed in the working tree")'
+)
+
+
+async def test_a_run_pinned_to_a_version_prices_by_that_versions_rules(
+    client: Client, scripted: Settings, engine: Any, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Pricing is part of the version: change the rule in the working tree after snapshotting X,
+    and X's runs are still priced by X's rule — even by a worker whose Python path holds the
+    changed tree — while a snapshot of the changed tree prices by the new one."""
+    tree = checkout(tmp_path / "tree", "Sign off.")
+    x = snapshot(scripted, engine, tree)
+    pricing = tree / "costs/pricing.py"
+    assert SCRIPTED_RULE in pricing.read_text()
+    pricing.write_text(pricing.read_text().replace(SCRIPTED_RULE, CHANGED_RULE))
+    y = snapshot(scripted, engine, tree)
+    assert x != y
+    with WorkerProcesses(scripted, tmp_path) as workers:
+        workers.spawn("worker", "--version", x, pythonpath=tree)  # the changed tree on its path
+        workers.spawn("worker", "--version", y, pythonpath=tree)
+        await wait_live(client, scripted, x, y)
+        assert (await api.post(f"/versions/{x}/activate", json={})).status_code == 200
+        on_x, result_x = await run_version(client, scripted)
+        on_y = f"run-on-y-{scripted.task_queue}"
+        pinned = await client.start_workflow(
+            AgentPipelineWorkflow.run,
+            PipelineInput(run_id=on_y, query="Build a snake game"),
+            id=on_y,
+            task_queue=scripted.task_queue,
+            versioning_override=PinnedVersioningOverride(
+                deployment.deployment_version(scripted, y)
+            ),
+        )
+        result_y = await pinned.result()
+    assert result_x.status == result_y.status == "COMPLETED"
+    rows_x, rows_y = calls_of(engine, on_x), calls_of(engine, on_y)
+    assert rows_x and {r.price_source for r in rows_x} == {"scripted provider: not a real model"}
+    assert sum(r.cost_usd for r in rows_x) == 0
+    assert rows_y and {r.price_source for r in rows_y} == {"changed in the working tree"}
+    assert sum(r.cost_usd for r in rows_y) > 0
+    assert {r.version for r in rows_x} == {x} and {r.version for r in rows_y} == {y}

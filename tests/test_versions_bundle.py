@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from crewline.db import get_run, make_engine
+import records
+from activities.models import model_for
+from crewline.db import make_engine
 from crewline.settings import Settings
+from records.runs import get_run
 from tests.conftest import REPO
 from versioning import bundle
 from versioning.bundle import BundleError, TamperedSnapshotError
+from versioning.loader import check_servable
 from versioning.registry import ActivationRow, active_stack
 
 
@@ -69,7 +73,7 @@ def test_model_settings_are_part_of_the_version(checkout: Path, plain: Settings)
     host = plain.model_copy(update={"temporal_address": "elsewhere:7233", "api_port": 9})
     assert bundle.collect(checkout, host).id == base.id
     applied = bundle.collect(checkout, other).manifest.model_settings.apply(plain)
-    assert applied.model_for("coder") == "llama-3.1-8b-instant"
+    assert model_for(applied, "coder") == "llama-3.1-8b-instant"
 
 
 def test_zip_is_deterministic_and_holds_exactly_the_bundle(checkout: Path, plain: Settings) -> None:
@@ -82,10 +86,35 @@ def test_zip_is_deterministic_and_holds_exactly_the_bundle(checkout: Path, plain
     assert names[0] == bundle.MANIFEST_NAME and names[1:] == sorted(names[1:])
     assert {i.date_time for i in infos} == {bundle.ZIP_EPOCH}
     assert {i.external_attr >> 16 for i in infos} == {0o100644}
-    assert all(n.startswith(("workflows/", "activities/")) for n in names[1:])
+    assert all(n.startswith(("workflows/", "activities/", "costs/")) for n in names[1:])
     assert "activities/prompts/coder.md" in names and not [n for n in names if "pycache" in n]
+    # The money rules are part of the version, and the manifest says which records interface
+    # the code was written against.
+    assert {"costs/pricing.py", "costs/budget.py"} <= set(names)
+    assert made.manifest.interfaces == {"records": records.INTERFACE}
     assert bundle.verify(path).id == made.id
     assert not list(path.parent.glob(".*tmp"))  # no temp file left behind
+
+
+def test_a_bundle_for_another_records_interface_is_refused_with_a_reason(
+    checkout: Path, plain: Settings
+) -> None:
+    _edit(checkout / "activities/__init__.py", "RECORDS_INTERFACE = 1", "RECORDS_INTERFACE = 99")
+    made = bundle.collect(checkout, plain)
+    assert made.manifest.interface("records") == 99
+    with pytest.raises(
+        bundle.BundleError,
+        match="for records interface 99; this crewline serves records interface 1",
+    ):
+        check_servable(made.manifest, made.id)
+    # A format-1 manifest (made before the interface was recorded) keeps its id and is refused.
+    old = bundle.Manifest.model_validate(
+        {"format": 1, "files": {"activities/x.py": "0" * 64},
+         "model_settings": made.manifest.model_settings.model_dump()}
+    )  # fmt: skip
+    assert "interfaces" not in old.canonical().decode() and old.interface("records") == 0
+    with pytest.raises(bundle.BundleError, match="before interfaces were versioned"):
+        check_servable(old, old.id)
 
 
 @pytest.mark.parametrize("damage", ["edit", "extra", "missing", "manifest", "rename", "truncate"])

@@ -22,9 +22,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from temporalio.client import Client
 
-from crewline.db import Run
 from crewline.settings import Settings
-from crewline.statuses import TERMINAL_STATUSES
+from records.statuses import TERMINAL as TERMINAL_STATUSES
+from records.tables import Run
 from versioning import deployment, registry, shadow
 from versioning.deployment import DeploymentConflictError, DeploymentState
 

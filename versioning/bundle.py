@@ -14,6 +14,12 @@ Rules upheld here:
 - Verified. A zip is used only if its entries are exactly the manifest's files with their hashes
   and the manifest hashes to the id it claims.
 
+What a bundle holds: everything a step executes — the workflow (`workflows/`), the agent runtime
+(`activities/`: specs, prompts, tools, the LLM call path) and the money rules (`costs/`: pricing
+and budget planning). What it calls outside itself is the host's records interface (`records/`:
+the tables it writes, the workflow's contract), whose version the manifest records; a worker
+refuses a bundle built for an interface it does not serve (`versioning.loader`).
+
 Nothing here imports the bundle's code: a snapshot is read as data (tools by parsing source).
 """
 
@@ -35,9 +41,12 @@ from pydantic import BaseModel, ValidationError
 from crewline.secrets import find_secret
 from crewline.settings import Settings
 
-BUNDLE_PACKAGES: tuple[str, ...] = ("workflows", "activities")
+BUNDLE_PACKAGES: tuple[str, ...] = ("workflows", "activities", "costs")
+# What format-1 manifests (before the money rules were part of a version) held.
+LEGACY_PACKAGES: tuple[str, ...] = ("workflows", "activities")
 MANIFEST_NAME = "crewline-manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+INTERFACE_FILE = "activities/__init__.py"
 PROMPTS_PREFIX = "activities/prompts/"
 TOOLS_PREFIX = "activities/tools/"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -106,11 +115,20 @@ class Manifest(BaseModel):
     files: dict[str, str]  # path -> SHA-256 of its (normalised) bytes
     model_settings: ModelSettings
     tools: list[ToolEntry] = []
+    # Format 2: the packages it holds, and the host interfaces it was built against
+    # ({"records": N}; a format-1 manifest knew none: interface 0).
+    packages: list[str] = list(LEGACY_PACKAGES)
+    interfaces: dict[str, int] = {}
 
     def canonical(self) -> bytes:
-        return json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
-        ).encode()
+        data = self.model_dump(mode="json")
+        if self.format < 2:  # a format-1 manifest's id was computed without these
+            data.pop("packages")
+            data.pop("interfaces")
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+    def interface(self, name: str) -> int:
+        return self.interfaces.get(name, 0)
 
     @property
     def id(self) -> str:
@@ -222,8 +240,24 @@ def _tool_entries(contents: dict[str, bytes]) -> list[ToolEntry]:
     return sorted(entries, key=lambda t: t.name)
 
 
+def _interface_of(contents: dict[str, bytes]) -> int:
+    """The records interface the bundle's code is written against (`RECORDS_INTERFACE` in its
+    `activities/__init__.py`, read as data). 0: code from before interfaces were versioned."""
+    source = contents.get(INTERFACE_FILE)
+    if source is None:
+        return 0
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Constant):
+            continue
+        named = any(isinstance(t, ast.Name) and t.id == "RECORDS_INTERFACE" for t in node.targets)
+        if named and isinstance(node.value.value, int):
+            return node.value.value
+    return 0
+
+
 def collect(source: Path, settings: Settings) -> Bundle:
-    """Read the bundle of the checkout at `source` (its `workflows/` and `activities/`)."""
+    """Read the bundle of the checkout at `source` (its `workflows/`, `activities/` and
+    `costs/`)."""
     source = source.resolve()
     missing = [p for p in BUNDLE_PACKAGES if not (source / p / "__init__.py").is_file()]
     if missing:
@@ -241,6 +275,8 @@ def collect(source: Path, settings: Settings) -> Bundle:
         files={rel: hashlib.sha256(data).hexdigest() for rel, data in sorted(contents.items())},
         model_settings=ModelSettings.of(settings),
         tools=_tool_entries(contents),
+        packages=list(BUNDLE_PACKAGES),
+        interfaces={"records": _interface_of(contents)},
     )
     return Bundle(manifest=manifest, contents=contents, skipped=skipped)
 
@@ -287,14 +323,10 @@ def write(bundle: Bundle, directory: Path) -> Path:
     return target
 
 
-def _check_entry_name(name: str) -> None:
+def _check_entry_name(name: str, packages: list[str]) -> None:
     path = PurePosixPath(name)
-    if (
-        path.is_absolute()
-        or ".." in path.parts
-        or path.parts[:1] not in [(p,) for p in BUNDLE_PACKAGES]
-    ):
-        raise TamperedSnapshotError(f"snapshot entry {name!r} is outside {BUNDLE_PACKAGES}")
+    if path.is_absolute() or ".." in path.parts or path.parts[:1] not in [(p,) for p in packages]:
+        raise TamperedSnapshotError(f"snapshot entry {name!r} is outside {tuple(packages)}")
 
 
 def read(source: Path | bytes, expected_id: str | None = None) -> Bundle:
@@ -322,8 +354,13 @@ def read(source: Path | bytes, expected_id: str | None = None) -> Bundle:
                 f"{label}: unreadable manifest ({exc.error_count()} errors)"
             ) from None
         files = [n for n in names if n != MANIFEST_NAME]
+        if not set(manifest.packages) <= set(BUNDLE_PACKAGES):
+            raise TamperedSnapshotError(
+                f"{label} claims packages {manifest.packages}; a bundle holds only "
+                f"{list(BUNDLE_PACKAGES)}"
+            )
         for name in files:
-            _check_entry_name(name)
+            _check_entry_name(name, manifest.packages)
         extra, lost = set(files) - set(manifest.files), set(manifest.files) - set(files)
         if extra or lost:
             raise TamperedSnapshotError(

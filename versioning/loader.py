@@ -17,19 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from records import INTERFACE, SUPPORTED_INTERFACES
 from versioning.bundle import BUNDLE_PACKAGES, BundleError, Manifest, verify
 
 
 class _BundleOnlyFinder(importlib.abc.MetaPathFinder):
     """Resolve `workflows.*` / `activities.*` inside the snapshot zip, or fail loudly."""
 
-    def __init__(self, zip_path: Path, version_id: str) -> None:
-        self.zip_path, self.version_id = zip_path, version_id
+    def __init__(self, zip_path: Path, version_id: str, packages: Sequence[str]) -> None:
+        self.zip_path, self.version_id, self.packages = zip_path, version_id, tuple(packages)
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname.partition(".")[0] not in BUNDLE_PACKAGES:
+        if fullname.partition(".")[0] not in self.packages:
             return None
         search = list(path) if path is not None else [str(self.zip_path)]
         spec = importlib.machinery.PathFinder.find_spec(fullname, search)
@@ -40,16 +41,33 @@ class _BundleOnlyFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
+def check_servable(manifest: Manifest, version_id: str) -> None:
+    """Refuse a bundle built against a records interface this host does not provide."""
+    needs = manifest.interface("records")
+    if needs not in SUPPORTED_INTERFACES:
+        made = "before interfaces were versioned" if needs == 0 else "by another crewline"
+        serves = ", ".join(map(str, sorted(SUPPORTED_INTERFACES)))
+        raise BundleError(
+            f"snapshot {version_id} was built {made} for records interface {needs}; this "
+            f"crewline serves records interface {serves} (current: {INTERFACE}). Serve it with "
+            "the crewline release it was made with, or snapshot the agents again with this one "
+            "(`crewline version snapshot`)"
+        )
+
+
 def load_snapshot(zip_path: Path, version_id: str) -> Manifest:
     """Verify the zip and import the agent code from it from now on; returns its manifest."""
     manifest = verify(zip_path, version_id)
-    clashes = [name for name in BUNDLE_PACKAGES if name in sys.modules]
+    check_servable(manifest, version_id)
+    clashes = [name for name in (*BUNDLE_PACKAGES, *manifest.packages) if name in sys.modules]
     if clashes:
         raise BundleError(
             f"{clashes} already imported in this process from {sys.modules[clashes[0]].__file__}; "
             "a snapshot must be loaded before any agent code"
         )
-    sys.meta_path.insert(0, _BundleOnlyFinder(zip_path, version_id))
+    # Every bundle package name is the zip's alone, even one this (older) bundle lacks: the
+    # working tree must never fill a gap.
+    sys.meta_path.insert(0, _BundleOnlyFinder(zip_path, version_id, BUNDLE_PACKAGES))
     sys.path.insert(0, str(zip_path))
     importlib.invalidate_caches()
     loaded = importlib.import_module("activities")

@@ -17,7 +17,8 @@ from sqlalchemy import Column, Engine, Text, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from crewline.db import LedgerEntry, Run, from_pico, session_scope, utcnow
+from crewline.db import session_scope, utcnow
+from records.tables import LedgerEntry, Run, from_pico
 from versioning.bundle import Bundle, Manifest
 
 

@@ -22,18 +22,11 @@ from sqlalchemy import Column, Engine, Text, UniqueConstraint, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from crewline.db import (
-    LedgerEntry,
-    Run,
-    artifacts_of,
-    from_pico,
-    get_run,
-    intents_of,
-    session_scope,
-    steps_of,
-    utcnow,
-)
-from crewline.settings import AGENTS, Settings
+from crewline.db import session_scope, utcnow
+from crewline.settings import Settings
+from records.runs import artifacts_of, get_run, intents_of, steps_of
+from records.statuses import AGENTS
+from records.tables import LedgerEntry, Run, from_pico
 from versioning.divergence import compare
 
 log = structlog.get_logger("crewline.shadow")

@@ -19,21 +19,24 @@ import structlog
 from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.agents import AgentActivities
 from activities.breaker import BreakerRegistry
 from activities.llm import LLMProvider, build_provider
+from activities.models import check_agent_models, model_for, rate_limits
 from activities.ratelimit import RateLimiter
-from activities.shadow import ShadowActivities
 from activities.tools.builtin import build_tools, default_search_backend
 from activities.tools.search import SearchBackend
 from costs.pricing import Pricer
 from crewline.db import DbRunner, make_engine
 from crewline.metrics import Metrics, free_loopback_port, start_worker_metrics
-from crewline.settings import AGENTS, Settings
+from crewline.settings import Settings
 from crewline.telemetry import Tracing, setup_tracing
+from records.statuses import AGENTS
 from workflows.pipeline import AgentPipelineWorkflow
+from workflows.tracing import TraceRelay
 
 log = structlog.get_logger("crewline.worker")
 
@@ -47,6 +50,20 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 HEARTBEAT_THROTTLE = timedelta(seconds=3)
 
 _UNSET = object()
+
+
+class _RunTracing(TracingInterceptor):
+    """Temporal's TracingInterceptor for the client (StartWorkflow…) and activities
+    (RunActivity…), with a relay for its workflow half (`workflows/tracing.py`): the steps'
+    spans hang off the request's, without a span per workflow task."""
+
+    def workflow_interceptor_class(self, input: Any) -> type[Any]:
+        return TraceRelay
+
+
+def worker_interceptors(tracing: Tracing) -> list[Any]:
+    """A worker client's interceptors: tracing's, with the workflow relay (none when off)."""
+    return [_RunTracing(tracing.tracer)] if tracing.enabled else []
 
 
 def build_worker(
@@ -69,10 +86,11 @@ def build_worker(
     metrics = metrics or Metrics()
     llm = llm or build_provider(settings)  # raises ConfigurationError saying what to set
     backend = default_search_backend(settings) if search_backend is _UNSET else search_backend
+    check_agent_models(settings)
     pricer = Pricer(llm.name, settings.model_prices)
     for agent in AGENTS:  # an unknown price is a start-up error, never a silent $0
-        pricer.check(settings.model_for(agent))
-    limits = settings.rate_limits()
+        pricer.check(model_for(settings, agent))
+    limits = rate_limits(settings)
     limiter = RateLimiter(engine, limits, settings.rate_limit_window_s) if limits else None
     db = DbRunner(engine)  # this worker's database threads (one writer on SQLite)
     activities = AgentActivities(
@@ -94,12 +112,11 @@ def build_worker(
             use_worker_versioning=True,
             default_versioning_behavior=VersioningBehavior.PINNED,
         )
-    shadow = ShadowActivities(engine, metrics)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[AgentPipelineWorkflow],
-        activities=[*activities.all(), shadow.compare],  # type: ignore[list-item]
+        activities=activities.all(),  # type: ignore[arg-type]
         sticky_queue_schedule_to_start_timeout=STICKY_SCHEDULE_TO_START,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
@@ -124,7 +141,7 @@ async def run_worker(
     # The Temporal SDK's own metrics: its core serves them on loopback, our endpoint merges them.
     core = f"127.0.0.1:{free_loopback_port()}" if settings.worker_metrics_port else None
     client = await connect(
-        settings, worker=True, interceptors=tracing.interceptors(), core_metrics=core
+        settings, worker=True, interceptors=worker_interceptors(tracing), core_metrics=core
     )
     engine = make_engine(settings.resolved_database_url)
     worker = build_worker(

@@ -16,7 +16,7 @@ from temporalio.client import Client
 
 from crewline.db import make_engine
 from crewline.settings import Settings
-from versioning import activation, deployment, registry
+from versioning import deployment, registry
 from versioning.bundle import BundleError, collect, default_source, write
 from versioning.loader import load_snapshot
 
@@ -47,11 +47,10 @@ def load_version(settings: Settings, version_id: str) -> Settings:
     return manifest.model_settings.apply(settings)
 
 
-async def _when_live(
-    settings: Settings, version_id: str, client: Client, engine: Engine, *, fresh: bool
-) -> None:
-    """Say when Temporal lists this worker (from then on the version can be activated); on a
-    fresh snapshot of the working tree, make it current if nothing is."""
+async def _when_live(settings: Settings, version_id: str, client: Client) -> None:
+    """Say when Temporal lists this worker (from then on the version can be activated). Making a
+    version current is the control plane's decision (`crewline up`, the API's reconciler on a
+    fresh deployment, a person), never a worker's."""
     deadline = asyncio.get_running_loop().time() + READY_WAIT_S
     while not (await deployment.live_workers(client, settings)).get(version_id):
         if asyncio.get_running_loop().time() > deadline:
@@ -59,18 +58,11 @@ async def _when_live(
             return
         await asyncio.sleep(0.5)
     log.info("worker.ready", version=version_id, activate=f"crewline version activate {version_id}")
-    if fresh:
-        result = await activation.bootstrap(
-            client, settings, engine, version_id, by=f"worker {version_id}"
-        )
-        if result is not None:
-            log.info("version.bootstrapped", version=version_id)
 
 
 async def serve(settings: Settings, version_id: str | None) -> None:
-    """Run a worker for `version_id`, or for a fresh snapshot of the working tree (which becomes
-    the current version if the deployment has none: a fresh data directory or cluster)."""
-    fresh = version_id is None
+    """Run a worker for `version_id`, or for a fresh snapshot of the working tree (on a fresh
+    deployment the control plane then makes it current)."""
     if version_id is None:
         version_id = await asyncio.to_thread(
             snapshot_working_tree, settings, make_engine(settings.resolved_database_url)
@@ -80,7 +72,7 @@ async def serve(settings: Settings, version_id: str | None) -> None:
 
     async def on_started(client: Client, engine: Engine) -> None:
         try:
-            await _when_live(settings, version_id, client, engine, fresh=fresh)
+            await _when_live(settings, version_id, client)
         except Exception as exc:  # the worker serves on; someone can still activate it
             log.error("worker.readiness_failed", version=version_id, error=repr(exc))
 

@@ -19,11 +19,10 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.agents import AgentActivities, AgentInput, AgentResult, RunUpdate
-    from activities.shadow import CompareInput, ShadowActivities
-    from crewline.statuses import TERMINAL_STATUSES
-    from workflows.models import (
+    from records.pipeline import (
         BudgetRaise,
         BudgetState,
+        CancelNote,
         PipelineInput,
         PipelineResult,
         Progress,
@@ -31,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         StepRetry,
         StepSummary,
     )
+    from records.statuses import TERMINAL as TERMINAL_STATUSES
 
 __all__ = ["AGENT_ORDER", "AgentPipelineWorkflow", "PipelineInput", "PipelineResult", "StepRetry"]
 
@@ -70,8 +70,6 @@ LLM_RETRY = RetryPolicy(
     ],
 )
 BOOKKEEPING_START_TO_CLOSE = timedelta(seconds=30)
-# A shadow's comparison waits for its primary (heartbeating), however long that runs.
-SHADOW_COMPARE_TIMEOUT = timedelta(hours=6)
 BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20)
 # Patch id (stored in histories): run-status writes became local activities. Runs recorded
 # before it replay their regular record_run activities; remove the old branch only once no such
@@ -82,6 +80,9 @@ RECORD_RUN_LOCALLY = "record-run-local-activity"
 # CPU per run). Other statuses (failed, cancelled, budget) are still recorded by the workflow.
 # Runs recorded before it replay their record_run calls (tests/histories/*_v2.json).
 STATUS_IN_STEPS = "status-in-steps"
+# Patch id: a raised budget is written to the run's row by the workflow (its one writer), no
+# longer by the API after the update returned.
+BUDGET_RECORDED_BY_WORKFLOW = "budget-recorded-by-workflow"
 BUDGET_WARNINGS = (50, 80, 100)  # percent of budget: one structured warning each
 
 
@@ -96,6 +97,14 @@ def _budget_refusal(err: ActivityError) -> ApplicationError | None:
     if isinstance(cause, ApplicationError) and cause.type == "BudgetExceeded":
         return cause
     return None
+
+
+def _summary(result: AgentResult) -> StepSummary:
+    return StepSummary(
+        agent=result.agent, model=result.model, prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens, attempt=result.attempt,
+        cost_usd=result.cost_usd,
+    )  # fmt: skip
 
 
 def _failure_message(err: BaseException) -> str:
@@ -126,13 +135,24 @@ class AgentPipelineWorkflow:
         self._spent = Decimal(0)
         self._warned: set[int] = set()
         self._in_steps = False
+        self._cancelled_by: str | None = None
 
     @workflow.update(name="raise_budget")
     async def raise_budget(self, req: BudgetRaise) -> BudgetState:
         """Give the run more room; a run paused for budget resumes."""
         self._budget = req.budget_usd
         self._warned = {p for p in self._warned if self._spent * 100 >= p * req.budget_usd}
+        if workflow.patched(BUDGET_RECORDED_BY_WORKFLOW):
+            # The run's row learns its new budget from the workflow, its one writer.
+            await self._record(
+                RunUpdate(run_id=self._run_id, status=self._status, budget_usd=self._budget)
+            )
         return BudgetState(budget_usd=self._budget, spent_usd=self._spent)
+
+    @workflow.signal(name="note_cancel")
+    def note_cancel(self, note: CancelNote) -> None:
+        """Who asked to cancel: sent just before Temporal's cancel request, recorded with it."""
+        self._cancelled_by = note.by
 
     @raise_budget.validator
     def _check_raise(self, req: BudgetRaise) -> None:
@@ -182,22 +202,7 @@ class AgentPipelineWorkflow:
             await self._record(
                 RunUpdate(run_id=inp.run_id, status="COMPLETED", final_answer=self._final_answer)
             )
-        if inp.shadow_of is not None:
-            await self._compare_with_primary(inp)
         return self._result(results)
-
-    async def _compare_with_primary(self, inp: PipelineInput) -> None:
-        # Only shadow runs (shadow_of set) reach this: no recorded history of a run without
-        # it takes this branch, so it needs no patch.
-        assert inp.shadow_of is not None
-        await workflow.execute_activity_method(
-            ShadowActivities.compare,
-            CompareInput(primary_run_id=inp.shadow_of, shadow_run_id=inp.run_id),
-            start_to_close_timeout=SHADOW_COMPARE_TIMEOUT,
-            heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,
-            retry_policy=BOOKKEEPING_RETRY,
-            summary=f"compare with primary run {inp.shadow_of}",
-        )
 
     def _result(self, results: list[AgentResult]) -> PipelineResult:
         """The run's result so far: complete, or partial when stopped for budget."""
@@ -205,7 +210,7 @@ class AgentPipelineWorkflow:
             run_id=self._run_id,
             status=self._status,
             final_answer=self._final_answer or "",
-            steps=[StepSummary.of(r) for r in results],
+            steps=[_summary(r) for r in results],
             artifacts=next((r.artifacts for r in results if r.agent == "coder"), []),
             scripted=any(r.scripted for r in results),
             spent_usd=self._spent,
@@ -337,8 +342,11 @@ class AgentPipelineWorkflow:
         self._status = "CANCELLED"
         if self._current is not None:
             self._steps[self._current].status = "CANCELLED"
+        by = f"cancelled by {self._cancelled_by}" if self._cancelled_by else None
         await self._record(
-            RunUpdate(run_id=self._run_id, status="CANCELLED", cancelled_agent=self._current)
+            RunUpdate(
+                run_id=self._run_id, status="CANCELLED", cancelled_agent=self._current, error=by
+            )
         )
 
     async def _record(self, update: RunUpdate) -> None:

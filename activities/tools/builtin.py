@@ -7,13 +7,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from activities import store
 from activities.tools import ToolContext, ToolRegistry, ToolSpec
 from activities.tools.files import write_artifact
 from activities.tools.search import DdgsBackend, SearchBackend, SearchOutcome, web_search
 from crewline.db import DbRunner
 from crewline.settings import Settings
 from crewline.telemetry import Tracing
+from records import runs as store
 
 
 def default_search_backend(settings: Settings) -> SearchBackend | None:

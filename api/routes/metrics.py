@@ -20,8 +20,8 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crewline.db import Run
 from crewline.metrics import Metrics
+from records.tables import Run
 
 router = APIRouter(tags=["health"])
 

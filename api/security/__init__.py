@@ -1,26 +1,36 @@
-"""API security, one door: who may call what (`auth`), how often (`limits`), and what the
-transport accepts (`transport`)."""
+"""API security, one door: who may call what (`auth`: keys, and the scopes of `services.access`)
+and what the transport accepts (`transport`)."""
 
 from api.security.auth import (
     AUTH_RESPONSES,
-    Admin,
-    Principal,
-    Reader,
-    Runner,
-    RunReader,
-    visible_run,
+    CanCancelRuns,
+    CanChangeShadow,
+    CanChangeVersions,
+    CanManageKeys,
+    CanRaiseBudgets,
+    CanReadCosts,
+    CanReadRuns,
+    CanReadShadow,
+    CanReadVersions,
+    CanReconcile,
+    CanStartRuns,
+    allow,
 )
-from api.security.limits import check_run_limits
 from api.security.transport import install
 
 __all__ = [
     "AUTH_RESPONSES",
-    "Admin",
-    "Principal",
-    "Reader",
-    "RunReader",
-    "Runner",
-    "check_run_limits",
+    "CanCancelRuns",
+    "CanChangeShadow",
+    "CanChangeVersions",
+    "CanManageKeys",
+    "CanRaiseBudgets",
+    "CanReadCosts",
+    "CanReadRuns",
+    "CanReadShadow",
+    "CanReadVersions",
+    "CanReconcile",
+    "CanStartRuns",
+    "allow",
     "install",
-    "visible_run",
 ]

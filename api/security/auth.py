@@ -9,19 +9,15 @@ FastAPI's security classes, so OpenAPI documents them and the 401 / 403 answers.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine
 
-from api.deps import EngineDep
 from api.errors import Message
-from crewline import keys
-from crewline.db import Run, get_run
-from crewline.keys import Scope
+from services import keys
+from services.access import Principal, Scope, require
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer crl_…`")
 _header = APIKeyHeader(
@@ -37,27 +33,6 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class Principal:
-    """The key a request came with (its public id and name; never the key)."""
-
-    key_id: str
-    name: str
-    scope: Scope
-
-    @property
-    def own_runs_only(self) -> bool:
-        return self.scope == Scope.RUN
-
-    def may_see(self, run: Run) -> bool:
-        return not self.own_runs_only or run.key_id == self.key_id
-
-    @property
-    def runs_of(self) -> str | None:
-        """The key whose runs this principal is limited to (None: every run)."""
-        return self.key_id if self.own_runs_only else None
-
-
 def _unauthorized(message: str) -> HTTPException:
     return HTTPException(
         status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}
@@ -66,7 +41,6 @@ def _unauthorized(message: str) -> HTTPException:
 
 async def _principal(
     request: Request,
-    engine: EngineDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header: Annotated[str | None, Security(_header)],
 ) -> Principal:
@@ -77,7 +51,7 @@ async def _principal(
             "<key>` (`crewline keys create` makes one; `crewline up` stores an admin key in "
             "the data directory)"
         )
-    row = await run_in_threadpool(keys.verify, engine, key)
+    row = await run_in_threadpool(keys.verify, request.app.state.services.ctx.engine, key)
     if row is None:
         raise _unauthorized("the API key is not valid: unknown or revoked")
     principal = Principal(key_id=row.key_id, name=row.name, scope=Scope(row.scope))
@@ -85,30 +59,27 @@ async def _principal(
     return principal
 
 
-def _allow(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
-    names = " or ".join(scopes)
+def allow(operation: str) -> Callable[..., Awaitable[Principal]]:
+    """The route's dependency: a valid key whose scope `services.access.ALLOWED` lets do
+    `operation` (the service checks the same table again; this makes the API answer 403 before
+    reading a body, and documents it)."""
 
     async def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
-        if principal.scope not in scopes:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                f"key {principal.key_id} has scope {principal.scope.value!r}; this needs {names}",
-            )
+        require(principal, operation)
         return principal
 
     return check
 
 
-# What a route allows, by role. `RunReader` routes filter to the key's own runs for `run` keys.
-Reader = Annotated[Principal, Depends(_allow(Scope.READ, Scope.ADMIN))]
-RunReader = Annotated[Principal, Depends(_allow(Scope.READ, Scope.RUN, Scope.ADMIN))]
-Runner = Annotated[Principal, Depends(_allow(Scope.RUN, Scope.ADMIN))]
-Admin = Annotated[Principal, Depends(_allow(Scope.ADMIN))]
-
-
-def visible_run(engine: Engine, principal: Principal, run_id: str) -> Run:
-    """The run, if this key may see it; else the same 404 as for a run that does not exist."""
-    run = get_run(engine, run_id)
-    if run is None or not principal.may_see(run):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} not found")
-    return run
+# The route dependencies, one per operation of `services.access.ALLOWED`.
+CanStartRuns = Annotated[Principal, Depends(allow("runs.start"))]
+CanReadRuns = Annotated[Principal, Depends(allow("runs.read"))]
+CanCancelRuns = Annotated[Principal, Depends(allow("runs.cancel"))]
+CanRaiseBudgets = Annotated[Principal, Depends(allow("runs.budget"))]
+CanReadCosts = Annotated[Principal, Depends(allow("costs.read"))]
+CanReadVersions = Annotated[Principal, Depends(allow("versions.read"))]
+CanChangeVersions = Annotated[Principal, Depends(allow("versions.change"))]
+CanReadShadow = Annotated[Principal, Depends(allow("shadow.read"))]
+CanChangeShadow = Annotated[Principal, Depends(allow("shadow.change"))]
+CanManageKeys = Annotated[Principal, Depends(allow("keys.manage"))]
+CanReconcile = Annotated[Principal, Depends(allow("admin.reconcile"))]

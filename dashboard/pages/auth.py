@@ -33,7 +33,7 @@ async def login(
     key: Annotated[str, Form(max_length=200)] = "",
     next: Annotated[str | None, Form(max_length=500)] = None,
 ) -> Response:
-    made = await run_in_threadpool(sessions.sign_in, request.app.state.engine, key)
+    made = await run_in_threadpool(sessions.sign_in, request.app.state.services.ctx.engine, key)
     if made is None:
         return page(
             request, "login.html", None, status_code=401, next=_safe_next(next),
@@ -49,7 +49,7 @@ async def login(
 async def logout(request: Request) -> Response:
     # No CSRF check needed to sign out: the worst a forged request does is sign you out.
     await run_in_threadpool(
-        sessions.sign_out, request.app.state.engine, request.cookies.get(COOKIE)
+        sessions.sign_out, request.app.state.services.ctx.engine, request.cookies.get(COOKIE)
     )
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")

@@ -6,7 +6,6 @@ import math
 import re
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
@@ -20,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from crewline.statuses import TERMINAL_STATUSES
+from records.statuses import RunStatus
 
 MAX_QUERY_CHARS = 4000
 MAX_OFFSET = 1_000_000
@@ -89,21 +88,6 @@ Usd = Annotated[
     WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$"}),
 ]
 Timestamp = Annotated[datetime, BeforeValidator(_iso_utc)]
-
-
-class RunStatus(StrEnum):
-    """The API's enum of `crewline.statuses.RUN_STATUSES` (a test keeps the two equal)."""
-
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    WAITING_FOR_BUDGET = "WAITING_FOR_BUDGET"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
-
-
-TERMINAL = {RunStatus(s) for s in TERMINAL_STATUSES}
 
 
 class RunCreate(BaseModel):

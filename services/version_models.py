@@ -6,9 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, field_validator
 
-from api.schemas import Usd
+from services.models import DivergenceDetail, Usd
 
 VERSION_ID_PATTERN = r"^snap-[0-9a-f]{12}$"
 
@@ -118,3 +118,52 @@ class VersionDiffOut(BaseModel):
     tools: dict[str, list[Any]]
     diffs: dict[str, str]
     note: str | None = None
+
+
+class ShadowIn(BaseModel):
+    rate: StrictFloat = Field(ge=0, le=1, allow_inf_nan=False, description="share of runs, 0 stops")
+
+
+class ShadowState(BaseModel):
+    candidate: str | None
+    rate: float
+    paused: str | None = None
+    daily_cap_usd: Usd
+    spent_today_usd: Usd
+
+
+class CalibrateIn(BaseModel):
+    runs: int = Field(default=5, ge=1, le=50, description="recent completed runs to re-run")
+
+    @field_validator("runs", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # JSON true is not the integer 1
+            raise ValueError("must be an integer")
+        return value
+
+
+class Calibration(BaseModel):
+    version: str
+    shadow_runs: list[str]
+
+
+class AgentReport(BaseModel):
+    compared: int
+    alerts: int
+    alert_rate: float | None
+    worst: list[DivergenceDetail]
+
+
+class VersionReport(BaseModel):
+    version: str
+    shadow: ShadowState
+    shadow_runs: int
+    by_status: dict[str, int]
+    compared_runs: int
+    per_agent: dict[str, AgentReport]
+    intents_differ: list[str]
+    candidate_spend_usd: Usd
+    active_spend_usd: Usd  # the primaries of the shadowed runs
+    candidate_seconds_p50: float | None
+    active_seconds_p50: float | None

@@ -25,7 +25,8 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, String, bindparam, case, cast, delete, func, update
 from sqlmodel import Session, col, select
 
-from crewline.db import LedgerEntry, Run, from_pico, insert_for, session_scope, utcnow
+from crewline.db import insert_for, session_scope, utcnow
+from records.tables import LedgerEntry, Run, from_pico
 
 GroupBy = Literal["agent", "model", "day", "run", "version", "key"]
 

@@ -15,15 +15,19 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from datetime import timedelta
-from enum import StrEnum
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel
+from pydantic import Field as PField
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
-from crewline.db import ApiKey, session_scope, utcnow
+from crewline.db import session_scope, utcnow
 from crewline.settings import Settings
+from services.access import Principal, Scope, require
+from services.errors import Conflict, NotFound
 
 PREFIX = "crl_"
 KEY_FILE = "admin.key"
@@ -31,10 +35,19 @@ KEY_FILE = "admin.key"
 TOUCH_EVERY = timedelta(minutes=1)
 
 
-class Scope(StrEnum):
-    READ = "read"  # every GET route: an observer, a dashboard
-    RUN = "run"  # start runs, and read / cancel / raise the budget of its own runs
-    ADMIN = "admin"  # everything: other keys' runs, versions, shadow, keys
+class ApiKey(SQLModel, table=True):
+    """An API key: only its SHA-256 is stored; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_key"
+
+    key_id: str = Field(primary_key=True, max_length=32)  # public: in logs, rows and answers
+    name: str = Field(max_length=64)
+    scope: str = Field(max_length=16)  # "read" | "run" | "admin"
+    key_sha256: str = Field(unique=True, max_length=64)
+    source: str = Field(default="api", max_length=16)  # "api" | "bootstrap" | "env"
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
 
 
 class KeyRefused(ValueError):
@@ -180,3 +193,56 @@ def local_key(settings: Settings) -> str | None:
         return key_file(settings).read_text().strip() or None
     except OSError:
         return None
+
+
+# ---- the service ---------------------------------------------------------------------------------
+class KeyCreate(BaseModel):
+    name: str = PField(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+    scope: Scope
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    scope: Scope
+    source: str = PField(description="api, bootstrap (made by `crewline up`) or env")
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiKey) -> KeyOut:
+        return cls.model_validate(row, from_attributes=True)
+
+
+class KeyCreated(KeyOut):
+    key: str = PField(description="the key itself: shown this once, stored only as a hash")
+
+
+class Keys:
+    """Create (the key is in the answer only), list (never the keys), revoke — admin only."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    async def create(self, principal: Principal, body: KeyCreate) -> KeyCreated:
+        require(principal, "keys.manage")
+        try:
+            row, key = await self.ctx.db(create, body.name, body.scope)
+        except KeyRefused as exc:
+            raise Conflict(str(exc)) from None
+        return KeyCreated(**KeyOut.of(row).model_dump(), key=key)
+
+    async def listing(self, principal: Principal, *, revoked: bool = False) -> list[KeyOut]:
+        require(principal, "keys.manage")
+        return [KeyOut.of(k) for k in await self.ctx.db(listing, revoked=revoked)]
+
+    async def revoke(self, principal: Principal, key_id: str) -> KeyOut:
+        require(principal, "keys.manage")
+        try:
+            row = await self.ctx.db(revoke, key_id)
+        except LookupError:
+            raise NotFound(f"key {key_id[:80]!r} not found") from None
+        except KeyRefused as exc:
+            raise Conflict(str(exc)) from None
+        return KeyOut.of(row)

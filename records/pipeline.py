@@ -1,17 +1,31 @@
-"""The pipeline workflow's typed inputs, results, query and update shapes.
+"""The pipeline workflow's contract with the control plane: its input, result, query and update
+shapes (the workflow's code is in the version bundle; these shapes are the host's, so every
+version reads and writes the same ones).
 
 All are pydantic models with defaults for every field added later, so histories recorded before
-a field existed still replay.
+a field existed still replay, and a field is only ever added.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from activities.agents import AgentResult, Compact
+
+class Compact(BaseModel):
+    """A model that travels through workflow histories: a field left at its default counts as
+    unset, so crewline's data converter (which omits unset fields) does not store it — the
+    reader gets the same default back."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        fields = type(self).model_fields
+        self.__pydantic_fields_set__ -= {
+            name
+            for name in self.__pydantic_fields_set__
+            if not fields[name].is_required() and getattr(self, name) == fields[name].default
+        }
 
 
 class StepRetry(BaseModel):
@@ -76,14 +90,6 @@ class StepSummary(Compact):
     attempt: int = 1
     cost_usd: Decimal = Decimal(0)
 
-    @classmethod
-    def of(cls, result: AgentResult) -> StepSummary:
-        return cls(
-            agent=result.agent, model=result.model, prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens, attempt=result.attempt,
-            cost_usd=result.cost_usd,
-        )  # fmt: skip
-
 
 class PipelineResult(BaseModel):
     run_id: str
@@ -93,3 +99,14 @@ class PipelineResult(BaseModel):
     artifacts: list[str]
     scripted: bool
     spent_usd: Decimal = Decimal(0)
+
+
+class CancelNote(BaseModel):
+    """Who asked to cancel (a signal sent just before Temporal's cancel request), so the run's
+    record says who stopped it — written by the workflow, like every status change."""
+
+    by: str
+
+
+# The workflow's name (stored in histories, used by every client that starts a run).
+WORKFLOW_NAME = "AgentPipelineWorkflow"

@@ -1,30 +1,36 @@
-"""The FastAPI app. The lifespan builds the Temporal client and the DB engine once; handlers get
-them through `api/deps.py`. OpenAPI docs at /docs."""
+"""The composition root of the API process: one FastAPI app that mounts the HTTP API (`api`) and
+the dashboard (`dashboard`) — neither imports the other — over one set of services, and runs the
+reconciler beside them.
+
+The lifespan builds what the services share once: the database engine, the Temporal client (lazy,
+so the app starts — and says so in /health — while Temporal is down), the admin key on a fresh
+database, and the reconciler's task.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+import api
 import dashboard
-from api import errors, security
-from api.probe import ProviderProbe
-from api.routes import costs, health, keys, metrics, runs, shadow, versions
-from crewline import keys as key_store
+from api.routes import metrics as metrics_routes
 from crewline.db import make_engine
 from crewline.metrics import Metrics
 from crewline.settings import Settings
 from crewline.telemetry import Tracing, setup_tracing
 from crewline.temporal import connect
-from versioning.bundle import MAX_BUNDLE_BYTES
+from services import Context, Services
+from services import keys as key_store
 
 log = structlog.get_logger("crewline.api")
 
@@ -36,9 +42,11 @@ def create_app(
     engine: Engine | None = None,
     tracing: Tracing | None = None,
     registry: Metrics | None = None,
+    reconcile: bool = True,
 ) -> FastAPI:
     """The app. A `client` given here must carry `tracing.interceptors()` for runs to join the
-    request's trace; without one, the lifespan connects with them."""
+    request's trace; without one, the lifespan connects with them. `reconcile`: run the
+    reconciler's loop in this process (every API process may; its passes are idempotent)."""
     settings = settings or Settings()
     own_tracing = tracing is None
     tracing = tracing or setup_tracing(settings, "crewline-api")
@@ -46,21 +54,27 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        the_engine = engine or make_engine(settings.resolved_database_url)
+        temporal = client or await connect(settings, lazy=True, interceptors=tracing.interceptors())
+        services = Services(Context(settings, the_engine, temporal, registry, tracing))
+        services.health.parts["reconciler"] = services.reconciler.health
+        app.state.services = services
         app.state.settings = settings
-        app.state.tracing = tracing
-        app.state.provider_probe = ProviderProbe()
-        app.state.engine = engine or make_engine(settings.resolved_database_url)
-        app.state.temporal = client or await connect(
-            settings, lazy=True, interceptors=tracing.interceptors()
-        )
-        runs_collector = metrics.watch_runs(registry, app.state.engine)
-        said = await run_in_threadpool(key_store.ensure_admin, settings, app.state.engine)
+        runs_collector = metrics_routes.watch_runs(registry, the_engine)
+        said = await run_in_threadpool(key_store.ensure_admin, settings, the_engine)
         if said:
             log.info("api.admin_key", detail=said)
+        loop = None
+        if reconcile:
+            loop = asyncio.create_task(services.reconciler.run_forever(settings.reconcile_every_s))
         yield
+        if loop is not None:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
         registry.registry.unregister(runs_collector)
         if engine is None:
-            app.state.engine.dispose()
+            the_engine.dispose()
         if own_tracing:
             tracing.shutdown()
 
@@ -72,15 +86,7 @@ def create_app(
         description="Durable multi-agent AI workflows on Temporal.",
         lifespan=lifespan,
     )
-    app.add_exception_handler(RequestValidationError, errors.validation_error)
-    security.install(app, settings, larger_bodies={("POST", "/versions"): MAX_BUNDLE_BYTES})
-    app.include_router(runs.router)
-    app.include_router(costs.router)
-    app.include_router(shadow.router)  # before versions: /versions/shadow is not an id
-    app.include_router(versions.router)
-    app.include_router(keys.router)
-    app.include_router(health.router)
-    metrics.install(app, registry)
+    api.install(app, settings, registry)
     dashboard.install(app)
     if tracing.provider is not None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor

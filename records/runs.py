@@ -1,0 +1,458 @@
+"""Writes and reads of runs, steps, artifacts, intents and breaker states (the records interface).
+
+The runtime writes from activities (never from workflow code: it is I/O); the services read. Each
+write is an upsert on a natural key, so an activity that Temporal retries — or replays after a
+worker crash — updates its row rather than adding a duplicate.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from crewline.db import insert_for, session_scope, utcnow
+from records.tables import Artifact, BreakerRow, Intent, Run, Step, ToolCall, Turn
+
+
+def upsert_step(engine: Engine, run_id: str, agent: str, **fields: Any) -> None:
+    for _ in range(2):  # a concurrent insert of the same key loses the race once, then updates
+        try:
+            with engine.begin() as conn:  # Core: on a step's path
+                upsert_step_in(conn, run_id, agent, **fields)
+            return
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"could not upsert step {run_id}/{agent}")
+
+
+def upsert_step_in(session: Session | Connection, run_id: str, agent: str, **fields: Any) -> None:
+    """The step upsert inside a caller's transaction (e.g. together with its ledger row): one
+    INSERT … ON CONFLICT (run, agent) DO UPDATE, on the agent's hot path. The statement for a
+    set of fields is built once and then executed with parameters."""
+    dialect = (session.get_bind() if isinstance(session, Session) else session).dialect.name
+    statement = _step_upsert(dialect, tuple(sorted(fields)))
+    params = {f"p_{k}": v for k, v in fields.items()}
+    session.execute(statement, {"p_run_id": run_id, "p_agent": agent, **params})
+
+
+@functools.lru_cache(maxsize=64)
+def _step_upsert(dialect: str, names: tuple[str, ...]) -> Any:
+    insert = insert_for(dialect, Step)
+    values: dict[str, Any] = {"run_id": bindparam("p_run_id"), "agent": bindparam("p_agent")}
+    stmt = insert.values(**values, **{n: bindparam(f"p_{n}") for n in names})
+    if not names:
+        return stmt.on_conflict_do_nothing(index_elements=["run_id", "agent"])
+    return stmt.on_conflict_do_update(
+        index_elements=["run_id", "agent"], set_={n: insert.excluded[n] for n in names}
+    )
+
+
+@functools.cache
+def _run_started(dialect: str) -> Any:
+    insert = insert_for(dialect, Run)
+    return insert.values(
+        run_id=bindparam("p_run_id"), query=bindparam("p_query"), status="RUNNING",
+        provider=bindparam("p_provider"), version=bindparam("p_version"),
+        created_at=bindparam("p_now"), updated_at=bindparam("p_now"),
+    ).on_conflict_do_update(
+        index_elements=["run_id"],
+        set_={"status": "RUNNING", "provider": insert.excluded.provider,
+              "version": insert.excluded.version, "updated_at": insert.excluded.updated_at},
+        where=col(Run.status).in_(("QUEUED", "RUNNING")),  # never un-end a run
+    )  # fmt: skip
+
+
+_RUN_COMPLETED = (
+    update(Run)
+    .where(col(Run.run_id) == bindparam("p_run_id"))
+    .values(status="COMPLETED", final_answer=bindparam("p_answer"), updated_at=bindparam("p_now"))
+)
+
+
+def run_started_in(
+    conn: Connection, *, run_id: str, query: str, provider: str, version: str | None
+) -> None:
+    """The run is RUNNING on this provider and version (written with its first step's
+    reservation; a run started outside the API gets its row here)."""
+    conn.execute(
+        _run_started(conn.dialect.name),
+        {"p_run_id": run_id, "p_query": query, "p_provider": provider, "p_version": version,
+         "p_now": utcnow()},
+    )  # fmt: skip
+
+
+def run_completed_in(conn: Connection, *, run_id: str, final_answer: str) -> None:
+    """The run is COMPLETED with this answer (written with its last step's ledger row)."""
+    conn.execute(_RUN_COMPLETED, {"p_run_id": run_id, "p_answer": final_answer, "p_now": utcnow()})
+
+
+_OUTPUTS = select(col(Step.agent), col(Step.output)).where(
+    col(Step.run_id) == bindparam("p_run_id"), col(Step.status) == "COMPLETED"
+)
+_ARTIFACTS = select(col(Artifact.path)).where(col(Artifact.run_id) == bindparam("p_run_id"))
+
+
+def context_of(engine: Engine, run_id: str, *, artifacts: bool = False) -> dict[str, str]:
+    """What a step is given of the steps before it: their outputs, and (`artifacts`) the
+    coder's files as a list. Read from the step rows (each step committed its output with its
+    ledger row before the next step started) instead of travelling through the workflow's
+    history."""
+    with engine.connect() as conn:
+        found = {
+            agent: output or "" for agent, output in conn.execute(_OUTPUTS, {"p_run_id": run_id})
+        }
+        if artifacts and "coder" in found:
+            paths = sorted(p for (p,) in conn.execute(_ARTIFACTS, {"p_run_id": run_id}))
+            found["artifacts"] = "\n".join(f"- {p}" for p in paths) or "(none)"
+    return found
+
+
+def update_run(engine: Engine, run_id: str, **fields: Any) -> None:
+    with session_scope(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            # A run started directly through Temporal (temporal CLI, tests) has no API row yet.
+            run = Run(run_id=run_id, query=str(fields.pop("query", "")))
+        else:
+            fields.pop("query", None)
+        for key, value in fields.items():
+            setattr(run, key, value)
+        run.updated_at = utcnow()
+        session.add(run)
+
+
+def note_cancelled(engine: Engine, run_id: str, agent: str | None) -> None:
+    """Say where a cancelled run stopped, after who cancelled it (written by the API)."""
+    with session_scope(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            return
+        where = f" at step {agent}" if agent else " between steps"
+        reason = run.error or "cancelled"
+        if where not in reason:
+            run.error = reason + where
+        session.add(run)
+
+
+@functools.cache
+def _artifact_upsert(dialect: str) -> Any:
+    insert = insert_for(dialect, Artifact)
+    return insert.values(
+        run_id=bindparam("p_run_id"), path=bindparam("p_path"), size_bytes=bindparam("p_size"),
+        sha256=bindparam("p_sha256"), created_at=bindparam("p_now"),
+    ).on_conflict_do_update(
+        index_elements=["run_id", "path"],
+        set_={"size_bytes": insert.excluded.size_bytes, "sha256": insert.excluded.sha256,
+              "created_at": insert.excluded.created_at},
+    )  # fmt: skip
+
+
+def record_artifact(engine: Engine, run_id: str, path: str, size_bytes: int, sha256: str) -> None:
+    """The file's row (a retried step that writes the same path again updates it)."""
+    with engine.begin() as conn:
+        conn.execute(
+            _artifact_upsert(conn.dialect.name),
+            {"p_run_id": run_id, "p_path": path, "p_size": size_bytes, "p_sha256": sha256,
+             "p_now": utcnow()},
+        )  # fmt: skip
+
+
+def record_intent(
+    engine: Engine,
+    run_id: str,
+    agent: str,
+    seq: int,
+    tool: str,
+    summary: str,
+    args: dict[str, Any],
+) -> None:
+    """Store what a side-effect tool would have done (a retried step overwrites its own)."""
+    with session_scope(engine) as session:
+        stmt = select(Intent).where(
+            Intent.run_id == run_id, Intent.agent == agent, Intent.seq == seq
+        )
+        row = session.exec(stmt).first() or Intent(
+            run_id=run_id, agent=agent, seq=seq, tool=tool, summary="", args_json="{}"
+        )
+        row.tool, row.summary = tool, summary[:500]
+        row.args_json = json.dumps(args, default=str)
+        session.add(row)
+
+
+def save_breaker(engine: Engine, worker: str, snap: Any) -> None:
+    """`snap`: a breaker's snapshot (provider, model, state, consecutive_failures,
+    times_opened, opened_at, updated_at)."""
+    with session_scope(engine) as session:
+        stmt = select(BreakerRow).where(
+            BreakerRow.worker == worker,
+            BreakerRow.provider == snap.provider,
+            BreakerRow.model == snap.model,
+        )
+        row = session.exec(stmt).first() or BreakerRow(
+            worker=worker, provider=snap.provider, model=snap.model, state=snap.state
+        )
+        row.state = snap.state.value
+        row.consecutive_failures = snap.consecutive_failures
+        row.times_opened = snap.times_opened
+        row.opened_at = snap.opened_at
+        row.updated_at = snap.updated_at
+        session.add(row)
+
+
+def get_run(engine: Engine, run_id: str) -> Run | None:
+    with Session(engine) as session:
+        return session.get(Run, run_id)
+
+
+def steps_of(engine: Engine, run_id: str) -> list[Step]:
+    with Session(engine) as session:
+        stmt = select(Step).where(Step.run_id == run_id).order_by(Step.position)  # type: ignore[arg-type]
+        return list(session.exec(stmt))
+
+
+def breakers(engine: Engine) -> list[BreakerRow]:
+    with Session(engine) as session:
+        stmt = select(BreakerRow).order_by(col(BreakerRow.updated_at).desc())
+        return list(session.exec(stmt))
+
+
+def intents_of(engine: Engine, run_id: str) -> list[Intent]:
+    with Session(engine) as session:
+        stmt = select(Intent).where(Intent.run_id == run_id).order_by(col(Intent.id))
+        return list(session.exec(stmt))
+
+
+def artifacts_of(engine: Engine, run_id: str) -> list[Artifact]:
+    with Session(engine) as session:
+        stmt = select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.path)  # type: ignore[arg-type]
+        return list(session.exec(stmt))
+
+
+def close_run(
+    engine: Engine,
+    run_id: str,
+    *,
+    status: str,
+    error: str | None = None,
+    final_answer: str | None = None,
+) -> bool:
+    """End a run row that still says it is going, from its workflow's record in Temporal (the
+    reconciler). False if the row had already ended (the workflow wrote it meanwhile)."""
+    from records.statuses import OPEN
+
+    values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
+    if error is not None:
+        values["error"] = error
+    if final_answer is not None:
+        values["final_answer"] = final_answer
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(Run)
+            .where(col(Run.run_id) == run_id, col(Run.status).in_([s.value for s in OPEN]))
+            .values(**values)
+        )
+    return bool(done.rowcount)
+
+
+def set_trace_id(engine: Engine, run_id: str, trace_id: str) -> None:
+    """The run's trace (a shadow's is its own, made when its start is)."""
+    with engine.begin() as conn:
+        conn.execute(update(Run).where(col(Run.run_id) == run_id).values(trace_id=trace_id))
+
+
+# ---- turns and tool calls: an agent's loop ------------------------------------------------------
+@dataclass(frozen=True)
+class PlannedCall:
+    """A tool call a turn asked for (or one the runtime made from the answer, e.g. a file block
+    in the old text format): recorded PENDING with the turn."""
+
+    call_id: str
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    run_id: str
+    agent: str
+    turn: int
+    message: dict[str, Any]  # {"content", "tool_calls"}
+    finish_reason: str | None
+    model: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: Decimal
+    attempt: int
+    calls: tuple[PlannedCall, ...] = ()
+
+
+@functools.cache
+def _turn_upsert(dialect: str) -> Any:
+    insert = insert_for(dialect, Turn)
+    names = ("status", "message_json", "finish_reason", "model", "prompt_tokens",
+             "completion_tokens", "cost_usd", "attempt", "error", "finished_at")  # fmt: skip
+    stmt = insert.values(
+        run_id=bindparam("p_run_id"), agent=bindparam("p_agent"), turn=bindparam("p_turn"),
+        started_at=bindparam("p_finished_at"), **{n: bindparam(f"p_{n}") for n in names},
+    )  # fmt: skip
+    return stmt.on_conflict_do_update(
+        index_elements=["run_id", "agent", "turn"], set_={n: insert.excluded[n] for n in names}
+    )
+
+
+@functools.cache
+def _call_insert(dialect: str) -> Any:
+    names = ("run_id", "agent", "turn", "seq", "call_id", "name", "args_json", "status")
+    return (
+        insert_for(dialect, ToolCall)
+        .values(**{n: bindparam(f"p_{n}") for n in names})
+        .on_conflict_do_nothing(index_elements=["run_id", "agent", "call_id"])
+    )
+
+
+def turn_settled_in(conn: Connection, record: TurnRecord) -> None:
+    """The turn is COMPLETED with the model's message, and its tool calls are recorded PENDING —
+    in the transaction of the call's ledger row."""
+    conn.execute(
+        _turn_upsert(conn.dialect.name),
+        {
+            "p_run_id": record.run_id, "p_agent": record.agent, "p_turn": record.turn,
+            "p_status": "COMPLETED", "p_message_json": json.dumps(record.message),
+            "p_finish_reason": record.finish_reason, "p_model": record.model,
+            "p_prompt_tokens": record.prompt_tokens,
+            "p_completion_tokens": record.completion_tokens, "p_cost_usd": record.cost_usd,
+            "p_attempt": record.attempt, "p_error": None, "p_finished_at": utcnow(),
+        },
+    )  # fmt: skip
+    for seq, call in enumerate(record.calls):
+        conn.execute(
+            _call_insert(conn.dialect.name),
+            {
+                "p_run_id": record.run_id, "p_agent": record.agent, "p_turn": record.turn,
+                "p_seq": seq, "p_call_id": call.call_id, "p_name": call.name,
+                "p_args_json": json.dumps(call.args), "p_status": "PENDING",
+            },
+        )  # fmt: skip
+
+
+def turn_of(
+    engine: Engine, run_id: str, agent: str, turn: int
+) -> tuple[Turn, list[ToolCall]] | None:
+    """A recorded turn and its tool calls, or None."""
+    with Session(engine) as session:
+        row = session.exec(
+            select(Turn).where(Turn.run_id == run_id, Turn.agent == agent, Turn.turn == turn)
+        ).first()
+        if row is None:
+            return None
+        calls = session.exec(
+            select(ToolCall)
+            .where(ToolCall.run_id == run_id, ToolCall.agent == agent, ToolCall.turn == turn)
+            .order_by(col(ToolCall.seq))
+        ).all()
+        return row, list(calls)
+
+
+def transcript_of(
+    engine: Engine, run_id: str, agent: str, before: int
+) -> list[tuple[Turn, list[ToolCall]]]:
+    """An agent's finished turns before `before`, each with its tool calls, in order."""
+    with Session(engine) as session:
+        turns = session.exec(
+            select(Turn)
+            .where(Turn.run_id == run_id, Turn.agent == agent, Turn.turn < before,
+                   Turn.status == "COMPLETED")
+            .order_by(col(Turn.turn))
+        ).all()  # fmt: skip
+        calls = session.exec(
+            select(ToolCall)
+            .where(ToolCall.run_id == run_id, ToolCall.agent == agent, ToolCall.turn < before)
+            .order_by(col(ToolCall.turn), col(ToolCall.seq))
+        ).all()
+    by_turn: dict[int, list[ToolCall]] = {}
+    for call in calls:
+        by_turn.setdefault(call.turn, []).append(call)
+    return [(t, by_turn.get(t.turn, [])) for t in turns]
+
+
+def tool_call_of(engine: Engine, run_id: str, agent: str, call_id: str) -> ToolCall | None:
+    with Session(engine) as session:
+        return session.exec(
+            select(ToolCall).where(
+                ToolCall.run_id == run_id, ToolCall.agent == agent, ToolCall.call_id == call_id
+            )
+        ).first()
+
+
+@dataclass(frozen=True)
+class CallResult:
+    ok: bool
+    summary: str
+    result: str
+    data: dict[str, Any] | None
+    intent: bool
+    duration_ms: int
+
+
+def tool_call_done(engine: Engine, run_id: str, agent: str, call_id: str, done: CallResult) -> None:
+    """The call's result: the checkpoint its retries read."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(ToolCall)
+            .where(col(ToolCall.run_id) == run_id, col(ToolCall.agent) == agent,
+                   col(ToolCall.call_id) == call_id)
+            .values(status="COMPLETED", ok=done.ok, summary=done.summary[:300],
+                    result=done.result, intent=done.intent, duration_ms=done.duration_ms,
+                    data_json=None if done.data is None else json.dumps(done.data, default=str),
+                    finished_at=utcnow())
+        )  # fmt: skip
+
+
+def tool_call_started(engine: Engine, run_id: str, agent: str, call_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(ToolCall)
+            .where(col(ToolCall.run_id) == run_id, col(ToolCall.agent) == agent,
+                   col(ToolCall.call_id) == call_id, col(ToolCall.started_at).is_(None))
+            .values(started_at=utcnow())
+        )  # fmt: skip
+
+
+def add_feedback(engine: Engine, run_id: str, agent: str, turn: int, text: str) -> None:
+    """A user message for the agent's next turn, after this turn's tool results."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(Turn)
+            .where(col(Turn.run_id) == run_id, col(Turn.agent) == agent, col(Turn.turn) == turn)
+            .values(feedback=text)
+        )
+
+
+def turns_of(engine: Engine, run_id: str) -> tuple[list[Turn], list[ToolCall]]:
+    """Every turn and tool call of a run (for its detail), in order."""
+    with Session(engine) as session:
+        turns = session.exec(select(Turn).where(Turn.run_id == run_id).order_by(col(Turn.id))).all()
+        calls = session.exec(
+            select(ToolCall).where(ToolCall.run_id == run_id).order_by(col(ToolCall.id))
+        ).all()
+    return list(turns), list(calls)
+
+
+def tool_calls_named(engine: Engine, run_id: str, name: str) -> list[ToolCall]:
+    """A run's finished calls of one tool (a shadow replays its primary's web results)."""
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(ToolCall)
+                .where(ToolCall.run_id == run_id, ToolCall.name == name,
+                       ToolCall.status == "COMPLETED")
+                .order_by(col(ToolCall.id))
+            )
+        )  # fmt: skip

@@ -1,0 +1,62 @@
+"""What a service refuses, and why: one exception per answer a caller can act on.
+
+They are HTTP exceptions with the status that fits (the API answers them as `{"detail": ...}`,
+the dashboard as a page saying why, the CLI prints the message), so every door tells a user the
+same thing. `invalid` is the one for input a schema cannot check (a 422 in the validation shape).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException, status
+from fastapi.exceptions import RequestValidationError
+
+
+class ServiceError(HTTPException):
+    code = status.HTTP_400_BAD_REQUEST
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(self.code, message, headers=headers)
+
+
+class Forbidden(ServiceError):
+    code = status.HTTP_403_FORBIDDEN
+
+
+class NotFound(ServiceError):
+    code = status.HTTP_404_NOT_FOUND
+
+
+class Conflict(ServiceError):
+    code = status.HTTP_409_CONFLICT
+
+
+class TooMany(ServiceError):
+    code = status.HTTP_429_TOO_MANY_REQUESTS
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+class Unavailable(ServiceError):
+    """A dependency (Temporal, the database, the provider configuration) is down: nothing was
+    changed, and trying again later may work."""
+
+    code = status.HTTP_503_SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        headers = {"Retry-After": str(retry_after_s)} if retry_after_s else None
+        super().__init__(message, headers=headers)
+
+
+class NoAnswer(ServiceError):
+    code = status.HTTP_504_GATEWAY_TIMEOUT
+
+
+def invalid(loc: tuple[str, ...], msg: str, value: Any = None) -> RequestValidationError:
+    """A check the schema cannot express, answered in the validation-error shape (422, a list)."""
+    error: dict[str, Any] = {"loc": loc, "msg": msg, "type": "value_error"}
+    if value is not None:
+        error["input"] = value
+    return RequestValidationError([error])
