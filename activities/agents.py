@@ -1,40 +1,52 @@
-"""The five agent steps as Temporal activities, plus the run-status writer.
+"""The agent loop's durable steps, as Temporal activities: one model turn (`agent_turn`), one tool
+call (`agent_tool`), and closing a step (`agent_finish`); plus the run-status writer.
 
-Each agent runs in an activity because it does I/O (LLM, search, files, database); Temporal
-records its result, so a crashed worker resumes at the step it was in and finished steps are never
-run — or billed — again. Each activity renders its prompt, makes one metered LLM call
-(`activities/calls.py`: budget, breaker, heartbeat, error classification, ledger), writes its
-step row idempotently, and returns a bounded, typed result.
+The loop itself is the pipeline workflow's (`workflows/pipeline.py`): it asks for a turn, runs the
+tool calls the turn asked for, asks for the next turn, until the agent answers, runs out of turns
+or money. Each of those is an activity, so a killed worker resumes at the last finished turn or
+tool call — and each activity first reads its own checkpoint, so a turn whose answer is already
+recorded is never sent — or billed — again, and a tool call whose result is recorded is never run
+again, even when Temporal never heard that it finished (the server was down, a result was lost).
+
+A turn sends the agent's conversation — its instructions (`activities/prompts/`), the request and
+the earlier agents' outputs, then its own earlier turns, tool results and the pipeline's notes —
+with its tools (`activities/agents.yaml`), through the metered call path (`activities/calls.py`:
+budget, breaker, rate limit, ledger). The model's message and the tool calls it asks for are
+committed with the call's ledger row, in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import json
 import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from opentelemetry import trace
 from pydantic import BaseModel
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities import answers
 from activities.breaker import BreakerRegistry
-from activities.calls import CallOutcome, MeteredCaller, RunRow
+from activities.calls import CallOutcome, MeteredCaller, ModelCall, RunRow
 from activities.heartbeat import heartbeating
 from activities.llm import LLMProvider, LLMResponse
 from activities.models import model_for
+from activities.persist import persist
 from activities.prompts import render
 from activities.ratelimit import RateLimiter
-from activities.research import needs_research, shared_research
+from activities.specs import AgentSpec, Output, spec
 from activities.tools import ToolContext, ToolRegistry
-from activities.tools.files import parse_files
-from activities.tools.search import SearchOutcome
 from costs.pricing import Pricer
 from crewline.db import DbRunner, utcnow
 from crewline.metrics import Metrics
@@ -43,49 +55,99 @@ from crewline.telemetry import Tracing
 from records import ledger
 from records import runs as store
 from records.pipeline import Compact
-from records.statuses import AGENTS
-from records.statuses import TERMINAL as TERMINAL_STATUSES
+from records.runs import CallResult, PlannedCall, TurnRecord
+from records.statuses import AGENTS, TERMINAL, StepStatus
+from records.tables import ToolCall, Turn
 
-# Outputs handed back to the workflow are stored in its history: keep them small. The full text
-# is in the step row (where the next steps read it); the history gets the finalizer's answer
-# (bounded) and, for the other steps, a preview that keeps the Web UI readable.
+log = structlog.get_logger("crewline.agents")
+T = TypeVar("T")
+
+# What travels through the workflow's history is small: the whole output is in the step row
+# (where the next agents read it); the history gets a preview (the finalizer's answer whole).
 MAX_RESULT_CHARS = 16_000
 PREVIEW_CHARS = 160
+LAST_TURN_NOTE = (
+    "This is your last turn: no more tool calls are possible. Give your final answer now, with "
+    "what you have."
+)
+CONTINUE_NOTE = "Your answer was cut off at the token limit. Continue exactly where it stopped."
+WRITE_PATIENCE_S = 120.0
 
 
-class AgentInput(Compact):
+class TurnInput(Compact):
     run_id: str
     query: str
     agent: str
-    # The earlier steps' outputs; empty: read from the step rows (runs started by today's
-    # workflow pass none, so outputs do not pile up in the history).
-    context: dict[str, str] = {}
+    turn: int
     dry_run: bool = False
     # What the run may still spend (budget - settled spend); None = no budget.
     budget_left_usd: Decimal | None = None
-    # A shadow run: the primary whose research it reuses; its calls are ledgered as shadow.
+    # A shadow run: the primary whose web results it replays; its calls are ledgered as shadow.
     shadow_of: str | None = None
-    # The run's status this step writes with its own rows: "RUNNING" (the first step),
-    # "COMPLETED" (the last). None: the workflow records it (runs from before that change).
+    # The run's status this turn writes with its own rows: "RUNNING" (the run's first turn),
+    # "COMPLETED" (the last agent's: written only if this turn is its final answer).
     run_status: str | None = None
+    # The agent's turns end with this one: no tools offered, it must answer.
+    last_turn: bool = False
 
 
-class AgentResult(Compact):
+class CallRef(Compact):
+    """A tool call a turn asked for, as the workflow needs it (its arguments are in the row)."""
+
+    call_id: str
+    name: str
+    summary: str = ""  # "web_search 'stripe payment intents'": the Web UI's activity summary
+    fingerprint: str = ""  # name + arguments, hashed: an identical call repeated is a loop
+
+
+class TurnResult(Compact):
     agent: str
-    output: str
-    model: str
-    provider: str
+    turn: int
+    finished: bool = False  # the agent answered: its step is COMPLETED
+    then_finish: bool = False  # run `calls`, then close the step (files from a text answer)
+    output: str = ""  # a preview; the finalizer's answer whole
+    calls: list[CallRef] = []
+    model: str = ""
+    provider: str = ""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    usage_estimated: bool = False
-    scripted: bool = False
-    attempt: int = 1
-    notes: str | None = None
-    artifacts: list[str] = []
-    intents: list[dict[str, object]] = []  # dry run: {tool, summary}; arguments in the DB
-    # Settled cost of every attempt of this step, from the ledger.
+    # What this turn's attempts cost (settled, lost ones at their worst case).
     cost_usd: Decimal = Decimal(0)
+    attempt: int = 1
+    scripted: bool = False
+    finish_reason: str | None = None
     max_tokens_shrunk: bool = False
+
+
+class ToolInput(Compact):
+    run_id: str
+    agent: str
+    turn: int
+    call_id: str
+    name: str = ""
+    dry_run: bool = False
+    shadow_of: str | None = None
+
+
+class ToolResult(Compact):
+    call_id: str
+    name: str
+    ok: bool = True
+    summary: str = ""
+    chars: int = 0
+    duration_ms: int = 0
+    intent: bool = False
+
+
+class FinishInput(Compact):
+    run_id: str
+    agent: str
+    stop_reason: str | None = None  # why the loop ended without the agent simply answering
+    run_status: str | None = None  # "COMPLETED": the last agent's step ends the run
+
+
+class FinishResult(Compact):
+    output: str = ""
 
 
 class RunUpdate(BaseModel):
@@ -99,27 +161,32 @@ class RunUpdate(BaseModel):
     budget_usd: Decimal | None = None
 
 
-Step = Callable[["AgentActivities", AgentInput], Awaitable[AgentResult]]
+Activity = Callable[..., Awaitable[Any]]
 
 
-def agent_step(fn: Step) -> Step:
+def agent_step(fn: Activity) -> Activity:
     """Decorate an agent activity (under `@activity.defn`): it heartbeats for its whole life
-    (`activities/heartbeat.py`), its log lines carry the run and agent, its Temporal span (the
-    RunActivity span of the tracing interceptor) carries crewline's attributes, and its duration
-    and queue lag are measured."""
+    (`activities/heartbeat.py`), its log lines carry the run, agent and turn, its Temporal span
+    carries crewline's attributes, and its duration and queue lag are measured."""
 
     @functools.wraps(fn)
-    async def observed(self: AgentActivities, inp: AgentInput) -> AgentResult:
+    async def observed(self: AgentActivities, inp: Any) -> Any:
         info = activity.info()
         lag = (info.started_time - info.current_attempt_scheduled_time).total_seconds()
         self._metrics.step_queue_seconds.labels(inp.agent).observe(max(lag, 0.0))
         span = trace.get_current_span()
         if span.is_recording():
+            # Named for people: "RunActivity:researcher turn 2", "RunActivity:coder tool
+            # write_file" (Temporal's interceptor names it after the activity type only).
+            what = f"turn {inp.turn}" if isinstance(inp, TurnInput) else f"tool {inp.name}"
+            span.update_name(f"RunActivity:{inp.agent} {what}")
             span.set_attributes(
                 {
                     "crewline.run_id": inp.run_id, "crewline.agent": inp.agent,
+                    "crewline.turn": inp.turn if hasattr(inp, "turn") else 0,
                     "crewline.attempt": info.attempt, "crewline.version": self._version or "",
-                    "crewline.dry_run": inp.dry_run, "crewline.shadow": inp.shadow_of is not None,
+                    "crewline.dry_run": getattr(inp, "dry_run", False),
+                    "crewline.shadow": getattr(inp, "shadow_of", None) is not None,
                     "crewline.worker": self._caller.worker_id,
                 }
             )  # fmt: skip
@@ -141,28 +208,35 @@ def agent_step(fn: Step) -> Step:
     return heartbeating(observed)
 
 
-def _bounded(text: str, limit: int = MAX_RESULT_CHARS) -> str:
+def _bounded(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return text[:limit] + f"…[{len(text)} chars in the step row]"
 
 
-def _files_of(answer: str) -> tuple[dict[str, str], str | None]:
-    """The coder's files (path → content) from its answer, and a note if it used no FILE
-    blocks (then the whole answer is one file)."""
-    files = parse_files(answer)
-    if files:
-        return files, None
-    return {"coder_answer.md": answer}, (
-        "the model did not use the FILE format; its whole answer was saved as one file"
-    )
+def _fingerprint(name: str, arguments: str) -> str:
+    try:
+        canonical = json.dumps(json.loads(arguments), sort_keys=True)
+    except ValueError:
+        canonical = arguments
+    return hashlib.sha256(f"{name}:{canonical}".encode()).hexdigest()[:16]
 
 
-def _coded(answer: str) -> tuple[str, str | None]:
-    """The coder step's output: the files it wrote, then its answer; and its note."""
-    files, notes = _files_of(answer)
-    summary = "\n".join(f"- {p}" for p in files)
-    return f"Wrote {len(files)} file(s):\n{summary}\n\n{answer}", notes
+def _describe(name: str, args: dict[str, Any]) -> str:
+    """A tool call in one line, for people: `web_search 'stripe payment intents'`."""
+    shown = args.get("query") or args.get("url") or args.get("path") or args.get("command")
+    if shown is None:
+        return name
+    text = str(shown).replace("\n", " ")
+    return f"{name} {text[:80]!r}"
+
+
+def _args(arguments: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(arguments or "{}")
+    except ValueError:
+        return {"__invalid_json__": arguments[:2000]}
+    return parsed if isinstance(parsed, dict) else {"__invalid_json__": arguments[:2000]}
 
 
 class AgentActivities:
@@ -204,176 +278,265 @@ class AgentActivities:
             db=self._run,
         )
 
-    # ---- helpers --------------------------------------------------------------------------------
-    async def _db(self, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        # SQLAlchemy is synchronous: keep it off the worker's event loop (crewline/db.py).
-        await self._run(fn, *args, **kwargs)
+    async def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A database write that waits out a short outage (`activities/persist.py`)."""
+        return await persist(self._run, fn, *args, patience_s=WRITE_PATIENCE_S, **kwargs)
 
-    async def _call(
-        self, inp: AgentInput, system: str, user: str, *, notes: str | None = None,
-        output_of: Callable[[str], tuple[str, str | None]] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> CallOutcome:  # fmt: skip
-        """The step's metered LLM call. The step row is marked COMPLETED in the same transaction
-        as the call's ledger row, with the answer as its output — or with `output_of(answer)`'s
-        (output, notes)."""
-        step = dict(
-            position=AGENTS.index(inp.agent), status="RUNNING", attempt=activity.info().attempt,
-            model=model_for(self._settings, inp.agent), provider=self._llm.name, error=None,
-            version=self._version, started_at=utcnow(), finished_at=None, **(extra or {}),
+    # ---- one model turn ------------------------------------------------------------------------
+    @activity.defn(name="agent_turn")
+    @agent_step
+    async def turn(self, inp: TurnInput) -> TurnResult:
+        recorded = await self._write(store.turn_of, inp.run_id, inp.agent, inp.turn)
+        if recorded is not None and recorded[0].status == StepStatus.COMPLETED:
+            # Its answer is recorded (the result never reached Temporal, or a retry after the
+            # settle): it is the checkpoint — return it, never call the model again.
+            return await self._from_record(inp, *recorded)
+        agent = spec(inp.agent)
+        history = await self._write(store.transcript_of, inp.run_id, inp.agent, inp.turn)
+        messages = await self._conversation(inp, agent, history)
+        ask = ModelCall(
+            model=agent.model or model_for(self._settings, inp.agent),
+            messages=messages,
+            tools=[] if inp.last_turn else self._tools.schemas(agent.tools),
+            max_tokens=agent.max_tokens or self._settings.llm_max_tokens,
+            temperature=(
+                agent.temperature if agent.temperature is not None
+                else self._settings.llm_temperature
+            ),
         )  # fmt: skip
+        step = dict(
+            position=AGENTS.index(inp.agent), status=StepStatus.RUNNING.value,
+            attempt=activity.info().attempt, model=ask.model, provider=self._llm.name,
+            error=None, version=self._version, finished_at=None, turns=inp.turn,
+        )  # fmt: skip
+        if inp.turn == 1:
+            step["started_at"] = utcnow()
+        decided: list[answers.Decision] = []
 
-        def completed(response: LLMResponse, cost: Decimal) -> dict[str, Any]:
-            output, why = (response.text, notes) if output_of is None else output_of(response.text)
-            return self._completed_fields(response, cost, output=output, notes=why)
+        attempt = activity.info().attempt  # the settle runs in a database thread
+
+        def settle(response: LLMResponse, cost: Decimal) -> Callable[[Connection], None]:
+            decision = answers.decide(agent, inp, response, history, self._llm.name)
+            decided.append(decision)
+            return functools.partial(self._settled, inp, response, cost, attempt, decision)
 
         outcome = await self._caller.call(
-            inp.run_id, inp.agent, system, user, inp.budget_left_usd, step,
-            settle=completed, shadow=inp.shadow_of is not None,
-            run_row=self._run_row(inp),
+            inp.run_id, inp.agent, ask, inp.budget_left_usd, step, settle=settle,
+            shadow=inp.shadow_of is not None, run_row=self._run_row(inp),
+        )  # fmt: skip
+        decision = decided[0]
+        if decision.empty:
+            raise ApplicationError(
+                f"{inp.agent}: the model answered with nothing usable (no text, no tool call; "
+                f"{outcome.response.completion_tokens} tokens billed); asking again",
+                type="LLMEmptyAnswer",
+            )
+        if inp.run_status is not None:
+            self._metrics.run_status(inp.run_status, self._version)
+        return self._result(inp, outcome, decision)
+
+    def _settled(
+        self,
+        inp: TurnInput,
+        response: LLMResponse,
+        cost: Decimal,
+        attempt: int,
+        decision: answers.Decision,
+        conn: Connection,
+    ) -> None:
+        """The turn's writes, in the transaction of its ledger row: the turn and its tool calls;
+        the step row; and, for the run's final answer, the run row."""
+        if decision.empty:
+            store.upsert_step_in(
+                conn, inp.run_id, inp.agent, status=StepStatus.ERROR.value,
+                error="the model answered with nothing usable", reserved_usd=0,
+            )  # fmt: skip
+            return
+        store.turn_settled_in(
+            conn,
+            TurnRecord(
+                run_id=inp.run_id, agent=inp.agent, turn=inp.turn, message=response.message(),
+                finish_reason=response.finish_reason, model=response.model,
+                prompt_tokens=response.prompt_tokens,
+                completion_tokens=response.completion_tokens, cost_usd=cost,
+                attempt=attempt, calls=tuple(decision.calls), feedback=decision.feedback,
+            ),
+        )  # fmt: skip
+        fields: dict[str, Any] = {"reserved_usd": 0, "model": response.model}
+        if decision.finished:
+            fields.update(
+                status=StepStatus.COMPLETED.value, output=decision.output, notes=decision.notes,
+                finished_at=utcnow(), error=None,
+            )  # fmt: skip
+            if decision.checks is not None:
+                fields["checks_json"] = json.dumps(decision.checks)
+            if inp.run_status == "COMPLETED":
+                store.run_completed_in(conn, run_id=inp.run_id, final_answer=decision.output)
+        elif decision.notes:
+            fields["notes"] = decision.notes
+        store.step_usage_in(conn, inp.run_id, inp.agent, **fields)
+
+    def _run_row(self, inp: TurnInput) -> RunRow | None:
+        if inp.run_status != "RUNNING":
+            return None
+        return RunRow(
+            at_reserve=functools.partial(
+                store.run_started_in, run_id=inp.run_id, query=inp.query,
+                provider=self._llm.name, version=self._version,
+            )
+        )  # fmt: skip
+
+    async def _conversation(
+        self, inp: TurnInput, agent: AgentSpec, history: list[tuple[Turn, list[ToolCall]]]
+    ) -> list[dict[str, Any]]:
+        """The agent's instructions and task, then its turns so far with their tool results."""
+        context = await self._write(
+            store.context_of, inp.run_id, artifacts=agent.output == Output.ANSWER
+        )
+        prompt = render(
+            agent.prompt, query=inp.query, research=context.get("researcher", ""),
+            plan=context.get("planner", ""), architecture=context.get("executor", ""),
+            artifacts=context.get("artifacts", "(none)"), checks=context.get("checks", "(none)"),
+            dry_run="yes: nothing was written or run for real" if inp.dry_run else "no",
+        )  # fmt: skip
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": prompt.system},
+            {"role": "user", "content": prompt.user},
+        ]
+        for turn, calls in history:
+            messages.append(json.loads(turn.message_json or "{}") | {"role": "assistant"})
+            asked = {c["id"] for c in messages[-1].get("tool_calls") or []}
+            for call in calls:
+                if call.call_id in asked:  # calls the runtime made itself are not the model's
+                    messages.append(
+                        {"role": "tool", "tool_call_id": call.call_id,
+                         "content": call.result if call.result is not None else "(no result)"}
+                    )  # fmt: skip
+            if turn.feedback:
+                messages.append({"role": "user", "content": turn.feedback})
+        if inp.last_turn and history:
+            messages.append({"role": "user", "content": LAST_TURN_NOTE})
+        return messages
+
+    def _result(
+        self, inp: TurnInput, outcome: CallOutcome, decision: answers.Decision
+    ) -> TurnResult:
+        response = outcome.response
+        whole = inp.agent == AGENTS[-1] and decision.finished
+        return TurnResult(
+            agent=inp.agent, turn=inp.turn, finished=decision.finished,
+            then_finish=decision.then_finish,
+            output=_bounded(decision.output, MAX_RESULT_CHARS if whole else PREVIEW_CHARS),
+            calls=[self._ref(c) for c in decision.calls], model=response.model,
+            provider=response.provider, prompt_tokens=response.prompt_tokens,
+            completion_tokens=response.completion_tokens, cost_usd=outcome.step_cost_usd,
+            attempt=activity.info().attempt, scripted=response.scripted,
+            finish_reason=response.finish_reason, max_tokens_shrunk=outcome.max_tokens_shrunk,
+        )  # fmt: skip
+
+    @staticmethod
+    def _ref(call: PlannedCall) -> CallRef:
+        arguments = json.dumps(call.args, sort_keys=True)
+        return CallRef(
+            call_id=call.call_id,
+            name=call.name,
+            summary=_describe(call.name, call.args),
+            fingerprint=_fingerprint(call.name, arguments),
+        )
+
+    async def _from_record(self, inp: TurnInput, turn: Turn, calls: list[ToolCall]) -> TurnResult:
+        """The result a recorded turn gave (a retried attempt after its answer was committed)."""
+        message = json.loads(turn.message_json or "{}")
+        asked = [
+            PlannedCall(call_id=c.call_id, name=c.name, args=json.loads(c.args_json)) for c in calls
+        ]
+        steps = {s.agent: s for s in await self._write(store.steps_of, inp.run_id)}
+        step = steps.get(inp.agent)
+        finished = step is not None and step.status == StepStatus.COMPLETED and not asked
+        output = (
+            (step.output or "") if finished and step is not None else message.get("content") or ""
+        )
+        whole = inp.agent == AGENTS[-1] and finished
+        return TurnResult(
+            agent=inp.agent, turn=inp.turn, finished=finished,
+            then_finish=bool(asked) and not message.get("tool_calls"),
+            output=_bounded(output, MAX_RESULT_CHARS if whole else PREVIEW_CHARS),
+            calls=[self._ref(c) for c in asked], model=turn.model or "",
+            provider=self._llm.name, prompt_tokens=turn.prompt_tokens,
+            completion_tokens=turn.completion_tokens, cost_usd=turn.cost_usd or Decimal(0),
+            attempt=turn.attempt, finish_reason=turn.finish_reason,
+        )  # fmt: skip
+
+    # ---- one tool call --------------------------------------------------------------------------
+    @activity.defn(name="agent_tool")
+    @agent_step
+    async def tool(self, inp: ToolInput) -> ToolResult:
+        row = await self._write(store.tool_call_of, inp.run_id, inp.agent, inp.call_id)
+        if row is None:
+            raise ApplicationError(
+                f"{inp.agent}: tool call {inp.call_id} of turn {inp.turn} is not recorded",
+                type="ToolCallMissing", non_retryable=True,
+            )  # fmt: skip
+        if row.status == "COMPLETED":  # done before (its result never reached Temporal)
+            return self._tool_result(row)
+        await self._write(store.tool_call_started, inp.run_id, inp.agent, inp.call_id)
+        ctx = ToolContext(
+            run_id=inp.run_id, dry_run=inp.dry_run, agent=inp.agent, shadow_of=inp.shadow_of,
+            call_id=inp.call_id, intent_seq=row.id or 0,
+        )  # fmt: skip
+        started = time.monotonic()
+        args = json.loads(row.args_json)
+        if "__invalid_json__" in args:
+            from activities.tools import ToolOutput
+
+            output = ToolOutput(
+                "error: the arguments were not valid JSON; call the tool again with a JSON "
+                "object of its parameters", ok=False, summary="arguments were not JSON",
+            )  # fmt: skip
+        else:
+            try:
+                output = await self._tools.dispatch(ctx, row.name, **args)
+            except (OperationalError, InterfaceError):
+                raise  # the database, not the tool: Temporal retries the call
+            except Exception as exc:  # a tool's own failure is the model's to read
+                from activities.tools import ToolOutput
+
+                output = ToolOutput(f"error: {type(exc).__name__}: {str(exc)[:300]}", ok=False,
+                                    summary=f"failed: {type(exc).__name__}")  # fmt: skip
+        done = CallResult(
+            ok=output.ok, summary=output.summary or ("ok" if output.ok else "error"),
+            result=output.for_model(), data=output.data, intent=bool(ctx.intents),
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )  # fmt: skip
+        await self._write(store.tool_call_done, inp.run_id, inp.agent, inp.call_id, done)
+        return ToolResult(
+            call_id=inp.call_id, name=row.name, ok=done.ok, summary=done.summary,
+            chars=len(done.result), duration_ms=done.duration_ms, intent=done.intent,
+        )  # fmt: skip
+
+    @staticmethod
+    def _tool_result(row: ToolCall) -> ToolResult:
+        return ToolResult(
+            call_id=row.call_id, name=row.name, ok=bool(row.ok), summary=row.summary or "",
+            chars=len(row.result or ""), duration_ms=row.duration_ms or 0, intent=row.intent,
+        )  # fmt: skip
+
+    # ---- closing a step --------------------------------------------------------------------------
+    @activity.defn(name="agent_finish")
+    async def finish(self, inp: FinishInput) -> FinishResult:
+        """Close a step the loop ended itself: after writing the files of a text answer, or
+        stopped (max turns, a repeated tool call). Its output is the agent's last answer and
+        what it did; why it stopped is said in the step."""
+        output = await self._write(
+            store.finish_step, inp.run_id, inp.agent, stop_reason=inp.stop_reason,
+            run_completed=inp.run_status == "COMPLETED",
         )  # fmt: skip
         if inp.run_status is not None:
             self._metrics.run_status(inp.run_status, self._version)
-        return outcome
+        whole = inp.agent == AGENTS[-1]
+        return FinishResult(output=_bounded(output, MAX_RESULT_CHARS if whole else PREVIEW_CHARS))
 
-    def _run_row(self, inp: AgentInput) -> RunRow | None:
-        if inp.run_status == "RUNNING":
-            return RunRow(
-                at_reserve=functools.partial(
-                    store.run_started_in, run_id=inp.run_id, query=inp.query,
-                    provider=self._llm.name, version=self._version,
-                )
-            )  # fmt: skip
-        if inp.run_status == "COMPLETED":
-
-            def finished(conn: Connection, response: LLMResponse) -> None:
-                store.run_completed_in(conn, run_id=inp.run_id, final_answer=response.text)
-
-            return RunRow(at_settle=finished)
-        return None
-
-    def _completed_fields(
-        self, response: LLMResponse, cost: Decimal, *, output: str, notes: str | None
-    ) -> dict[str, Any]:
-        return dict(
-            status="COMPLETED", output=output, notes=notes, model=response.model,
-            prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
-            attempt=activity.info().attempt, error=None, finished_at=utcnow(),
-            cost_usd=cost, reserved_usd=0,
-        )  # fmt: skip
-
-    def _result(
-        self, inp: AgentInput, outcome: CallOutcome, output: str, **extra: Any
-    ) -> AgentResult:
-        response = outcome.response
-        whole = inp.agent == AGENTS[-1]  # the answer; the others' outputs are in their rows
-        return AgentResult(
-            agent=inp.agent,
-            output=_bounded(output, MAX_RESULT_CHARS if whole else PREVIEW_CHARS),
-            model=response.model,
-            provider=response.provider,
-            prompt_tokens=response.prompt_tokens,
-            completion_tokens=response.completion_tokens,
-            usage_estimated=response.usage_estimated,
-            scripted=response.scripted,
-            attempt=activity.info().attempt,
-            cost_usd=outcome.step_cost_usd,
-            max_tokens_shrunk=outcome.max_tokens_shrunk,
-            **extra,
-        )
-
-    async def _context(self, inp: AgentInput) -> dict[str, str]:
-        """The earlier steps' outputs: passed by a workflow of before, else from their rows."""
-        if inp.context:
-            return inp.context
-        return await self._run(store.context_of, inp.run_id, artifacts=inp.agent == AGENTS[-1])
-
-    # ---- the agents -----------------------------------------------------------------------------
-    @activity.defn(name="researcher")
-    @agent_step
-    async def research(self, inp: AgentInput) -> AgentResult:
-        wanted, why = needs_research(inp.query, self._settings.research_mode)
-        found: SearchOutcome
-        if inp.shadow_of is not None:
-            # A shadow sees the facts its primary saw: differences come from the version.
-            found = await shared_research(self._engine, inp.shadow_of)
-        elif wanted:
-            found = await self._tools.dispatch(
-                ToolContext(run_id=inp.run_id, dry_run=inp.dry_run, agent=inp.agent),
-                "web_search",
-                query=inp.query,
-            )
-        else:
-            found = SearchOutcome(skipped_reason=f"no web search needed: {why}")
-        if found.hits:
-            results = "\n".join(f"- {h.title} ({h.url}): {h.snippet}" for h in found.hits)
-            notes: str | None = f"searched the web: {len(found.hits)} results"
-        else:
-            results = f"(none — {found.skipped_reason})"
-            notes = found.skipped_reason
-        prompt = render("researcher", query=inp.query, search_results=results)
-        outcome = await self._call(
-            inp, prompt.system, prompt.user, notes=notes,
-            extra={"research_json": found.model_dump_json()},
-        )  # fmt: skip
-        return self._result(inp, outcome, outcome.response.text, notes=notes)
-
-    @activity.defn(name="planner")
-    @agent_step
-    async def plan(self, inp: AgentInput) -> AgentResult:
-        context = await self._context(inp)
-        prompt = render("planner", query=inp.query, research=context.get("researcher", ""))
-        outcome = await self._call(inp, prompt.system, prompt.user)
-        return self._result(inp, outcome, outcome.response.text)
-
-    @activity.defn(name="executor")
-    @agent_step
-    async def execute(self, inp: AgentInput) -> AgentResult:
-        context = await self._context(inp)
-        prompt = render("executor", query=inp.query, plan=context.get("planner", ""))
-        outcome = await self._call(inp, prompt.system, prompt.user)
-        return self._result(inp, outcome, outcome.response.text)
-
-    @activity.defn(name="coder")
-    @agent_step
-    async def code(self, inp: AgentInput) -> AgentResult:
-        context = await self._context(inp)
-        prompt = render(
-            "coder",
-            query=inp.query,
-            plan=context.get("planner", ""),
-            architecture=context.get("executor", ""),
-        )
-        # The step's output (which files, and the answer) rides on the call's settle; the files
-        # are written after it — if writing fails, the step is retried as a whole.
-        outcome = await self._call(inp, prompt.system, prompt.user, output_of=_coded)
-        files, notes = _files_of(outcome.response.text)
-        output, _ = _coded(outcome.response.text)
-        ctx = ToolContext(run_id=inp.run_id, dry_run=inp.dry_run, agent=inp.agent)
-        written = [
-            await self._tools.dispatch(ctx, "write_file", path=path, content=body)
-            for path, body in files.items()
-        ]
-        artifacts = [w for w in written if w is not None]
-        return self._result(
-            inp, outcome, output, notes=notes, artifacts=artifacts, intents=ctx.intents
-        )
-
-    @activity.defn(name="finalizer")
-    @agent_step
-    async def finalize(self, inp: AgentInput) -> AgentResult:
-        context = await self._context(inp)
-        prompt = render(
-            "finalizer",
-            query=inp.query,
-            plan=context.get("planner", ""),
-            artifacts=context.get("artifacts", "(none)"),
-            research=context.get("researcher", ""),
-        )
-        outcome = await self._call(inp, prompt.system, prompt.user)
-        return self._result(inp, outcome, outcome.response.text)
-
-    # ---- run bookkeeping -------------------------------------------------------------------------
+    # ---- run bookkeeping ----------------------------------------------------------------------
     @activity.defn(name="record_run")
     async def record_run(self, update: RunUpdate) -> None:
         fields: dict[str, object] = {
@@ -383,24 +546,24 @@ class AgentActivities:
             value = getattr(update, name)
             if value is not None:
                 fields[name] = value
-        await self._db(store.update_run, update.run_id, **fields)
+        await self._write(store.update_run, update.run_id, **fields)
         self._metrics.run_status(update.status, self._version)
-        if update.status in TERMINAL_STATUSES:
+        if update.status in TERMINAL:
             # An attempt whose worker died mid-call and was never retried (the run failed or
             # was cancelled meanwhile) is charged now, at its worst case.
-            lost = await self._run(ledger.settle_lost, run_id=update.run_id)
+            lost = await self._write(ledger.settle_lost, run_id=update.run_id)
             for row in lost:
                 self._caller.charged(row)
         if update.failed_agent:
-            await self._db(
+            await self._write(
                 store.upsert_step, update.run_id, update.failed_agent,
                 position=AGENTS.index(update.failed_agent), status="FAILED",
                 error=update.error, finished_at=utcnow(),
             )  # fmt: skip
         if update.status == "CANCELLED":
-            await self._db(store.note_cancelled, update.run_id, update.cancelled_agent)
+            await self._write(store.note_cancelled, update.run_id, update.cancelled_agent)
         if update.cancelled_agent:
-            await self._db(
+            await self._write(
                 store.upsert_step, update.run_id, update.cancelled_agent,
                 position=AGENTS.index(update.cancelled_agent), status="CANCELLED",
                 finished_at=utcnow(),
@@ -408,4 +571,4 @@ class AgentActivities:
 
     def all(self) -> list[object]:
         """Every activity the worker registers (the tests' worker registers the same list)."""
-        return [self.research, self.plan, self.execute, self.code, self.finalize, self.record_run]
+        return [self.turn, self.tool, self.finish, self.record_run]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import random
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from activities.errors import (
     retry_after_seconds,
 )
 from activities.llm import LLMProvider, LLMRequest, LLMResponse
-from activities.models import model_for
+from activities.persist import persist
 from activities.ratelimit import RateLimiter, Throttle, blocked_for
 from costs.budget import BudgetExhaustedError, CallPlan, estimate_tokens, plan_call
 from costs.pricing import Pricer
@@ -52,9 +53,26 @@ from records.ledger import Charge, Row, Then, cost_of_activity
 from records.tables import to_pico
 
 log = structlog.get_logger("crewline.calls")
+# How long one attempt keeps retrying a database write before giving up: its reservation (before
+# the request: nothing spent yet) and its settle (after the answer: the provider has billed, so
+# it waits longer — the attempt's start-to-close timeout is the real bound).
+RESERVE_PATIENCE_S = 60.0
+SETTLE_PATIENCE_S = 270.0
 T = TypeVar("T")
-# (response, the step's settled cost) -> step row fields to commit with the ledger row
-Settle = Callable[[LLMResponse, Decimal], dict[str, Any]]
+# (response, the step's settled cost) -> writes to commit with the ledger row (the turn, its
+# tool calls, the step row), or None
+Settle = Callable[[LLMResponse, Decimal], Then]
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """What to send: the conversation, the tools it may call, and the model settings."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    max_tokens: int
+    temperature: float
 
 
 @dataclass(frozen=True)
@@ -125,8 +143,7 @@ class MeteredCaller:
         self,
         run_id: str,
         agent: str,
-        system: str,
-        user: str,
+        ask: ModelCall,
         budget_left: Decimal | None,
         step: dict[str, Any],
         settle: Settle | None = None,
@@ -135,14 +152,18 @@ class MeteredCaller:
     ) -> CallOutcome:
         """`step`: fields for the step row, written together with the reservation.
 
-        `settle(response, step_cost_usd)`: fields for the step row written in the same
-        transaction as the call's ledger row (e.g. COMPLETED and its output), or None.
-        `run_row`: the run row's changes that ride on this call's two writes (its first step
-        says RUNNING with the reservation, its last COMPLETED with the answer).
+        `settle(response, cost_usd)`: the writes (the turn, its tool calls, the step row) that
+        commit in the same transaction as the call's ledger row, or None. `run_row`: the run
+        row's changes that ride on this call's two writes (its first turn says RUNNING with the
+        reservation, its last COMPLETED with the answer).
         """
         info = activity.info()
-        model = model_for(self._settings, agent)
-        prompt_estimate = estimate_tokens(system, user)
+        model = ask.model
+        prompt_estimate = estimate_tokens(
+            *(str(m.get("content") or "") for m in ask.messages),
+            *(json.dumps(m["tool_calls"]) for m in ask.messages if m.get("tool_calls")),
+            json.dumps(ask.tools) if ask.tools else "",
+        )
         spent, lost = await self._earlier_attempts(run_id, info.attempt)
         left = None if budget_left is None else budget_left - spent
         try:
@@ -150,7 +171,7 @@ class MeteredCaller:
                 self._pricer,
                 model,
                 prompt_estimate,
-                self._settings.llm_max_tokens,
+                ask.max_tokens,
                 left,
                 self._settings.budget_min_tokens,
             )
@@ -194,29 +215,35 @@ class MeteredCaller:
             tokens = prompt_estimate + plan.max_tokens
             grant = await self._throttle.slot(model, tokens, key, waiting, then=reserve)
         else:
-            await self._db(ledger.reserve, worst, then=reserved)
+            # Nothing is spent yet: waiting out a database outage here costs nothing.
+            await persist(
+                self._run, ledger.reserve, worst, then=reserved, patience_s=RESERVE_PATIENCE_S
+            )
         request = LLMRequest(
-            agent=agent, model=model, system=system, user=user,
-            max_tokens=plan.max_tokens, temperature=self._settings.llm_temperature, tag=run_id,
+            agent=agent, model=model, messages=ask.messages, tools=ask.tools,
+            max_tokens=plan.max_tokens, temperature=ask.temperature, tag=run_id,
         )  # fmt: skip
         attempt = _Attempt(run_id, agent, request, breaker, worst, grant)
         with self._span(request, run_id, shadow, breaker, lost) as span:
             response = await self._complete(attempt, span)
             entry = self._entry(
-                run_id, agent, response, estimated_prompt=prompt_estimate, shadow=shadow
-            )
+                run_id, agent, response, estimated_prompt=prompt_estimate, shadow=shadow,
+                model=model,
+            )  # fmt: skip
             self._annotate(span, response, entry)
         await self._moved(breaker, breaker.on_success())
         used = entry.prompt_tokens + entry.completion_tokens
         await self._throttle.answered(model, grant, used, response.rate_headers)
         then: Then = None
         if settle is not None:
-            fields = settle(response, spent + entry.cost_usd)
-            then = functools.partial(store.upsert_step_in, run_id=run_id, agent=agent, **fields)
+            then = settle(response, spent + entry.cost_usd)  # every attempt of this turn
         if run_row is not None and run_row.at_settle is not None:
             at_settle = functools.partial(run_row.at_settle, response=response)
             then = at_settle if then is None else _both(then, at_settle)
-        await self._db(ledger.settle, entry, then=then)
+        # The provider answered and billed: its usage must be recorded, whatever the database is
+        # doing. The write is retried here (the activity heartbeats meanwhile) instead of failing
+        # the attempt, which would call — and bill — the model again.
+        await persist(self._run, ledger.settle, entry, then=then, patience_s=SETTLE_PATIENCE_S)
         self.charged(entry)
         return CallOutcome(response, spent + entry.cost_usd, plan.shrunk)
 
@@ -276,7 +303,10 @@ class MeteredCaller:
                 "gen_ai.request.model": request.model,
                 "gen_ai.request.max_tokens": request.max_tokens,
                 "gen_ai.request.temperature": request.temperature,
-                "gen_ai.prompt": self._tracing.text(f"{request.system}\n\n{request.user}"),
+                "gen_ai.prompt": self._tracing.text(
+                    "\n\n".join(str(m.get("content") or "") for m in request.messages)
+                ),
+                "gen_ai.request.tools": len(request.tools) or None,
                 "crewline.run_id": run_id,
                 "crewline.agent": request.agent,
                 "crewline.version": self._version or "unversioned",
@@ -305,6 +335,9 @@ class MeteredCaller:
         completion = self._tracing.text(response.text)
         if completion is not None:
             span.set_attribute("gen_ai.completion", completion)
+        span.set_attribute("gen_ai.response.finish_reasons", [response.finish_reason or "unknown"])
+        if response.tool_calls:
+            span.set_attribute("crewline.tool_calls", [c.name for c in response.tool_calls])
 
     def charged(self, entry: Row) -> None:
         self._metrics.charged(
@@ -384,7 +417,9 @@ class MeteredCaller:
             text="", model=model, provider=self._llm.name,
             prompt_tokens=prompt, completion_tokens=plan.max_tokens, usage_estimated=True,
         )  # fmt: skip
-        return self._entry(run_id, agent, worst, estimated_prompt=prompt, shadow=shadow)
+        return self._entry(
+            run_id, agent, worst, estimated_prompt=prompt, shadow=shadow, model=model
+        )
 
     def _entry(
         self,
@@ -394,6 +429,7 @@ class MeteredCaller:
         *,
         estimated_prompt: int,
         shadow: bool = False,
+        model: str = "",
     ) -> Charge:
         """This attempt's ledger row for `response`."""
         info = activity.info()
@@ -404,7 +440,7 @@ class MeteredCaller:
         else:
             completion = estimate_tokens(response.text) if response.text else 0
         priced = self._pricer.price(
-            response.model if response.model else model_for(self._settings, agent),
+            response.model or model,
             prompt or 0,
             completion or 0,
             cached_tokens=response.cached_tokens,

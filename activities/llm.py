@@ -1,9 +1,12 @@
-"""LLM providers behind one small interface: text in, text + token usage out.
+"""LLM providers behind one small interface: a conversation and the tools it may call in, the
+model's message (text and/or tool calls), why it stopped, and token usage out.
 
-SDK clients are built with `max_retries=0`: Temporal owns retries (see `activities/errors.py`), so
-a failing call is retried with visible attempts in the workflow history instead of being hidden
-inside the SDK. Providers: `groq` (the groq SDK), `openai` (any OpenAI-compatible endpoint: Ollama,
-vLLM, LM Studio, llama.cpp) and `scripted` (canned offline answers, always labelled as such).
+Tool calling uses the OpenAI function-calling format, which both SDKs speak. SDK clients are built
+with `max_retries=0`: Temporal owns retries (see `activities/errors.py`), so a failing call is
+retried with visible attempts in the workflow history instead of being hidden inside the SDK.
+Providers: `groq` (the groq SDK), `openai` (any OpenAI-compatible endpoint: Ollama, vLLM, LM
+Studio, llama.cpp) and `scripted` (canned offline answers that also call tools, always labelled
+as such).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import hashlib
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import groq
@@ -29,12 +32,24 @@ SCRIPTED_LABEL = "[scripted offline provider: canned demo output, not a real mod
 class LLMRequest:
     agent: str
     model: str
-    system: str
-    user: str
+    messages: list[dict[str, Any]]  # OpenAI-style: system, user, assistant (+tool_calls), tool
     max_tokens: int
     temperature: float = 0.2
+    tools: list[dict[str, Any]] = field(default_factory=list)  # function declarations
     # Opaque run id sent as the OpenAI-style `user` field (abuse monitoring; never a secret).
     tag: str | None = None
+
+    @property
+    def system(self) -> str:
+        return next((m["content"] for m in self.messages if m["role"] == "system"), "")
+
+
+class ToolCallOut(BaseModel):
+    """A tool call the model asked for; `arguments` is the JSON text it wrote (maybe invalid)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 class LLMResponse(BaseModel):
@@ -44,12 +59,31 @@ class LLMResponse(BaseModel):
     prompt_tokens: int | None
     completion_tokens: int | None
     cached_tokens: int = 0
+    tool_calls: list[ToolCallOut] = []
+    # "stop", "tool_calls", "length" (cut off at max_tokens), "content_filter", or None.
+    finish_reason: str | None = None
     # The provider's own usage object, for genai-prices' usage extraction.
     raw_usage: dict[str, Any] | None = None
     usage_estimated: bool = False
     scripted: bool = False
     # The provider's rate-limit headers (x-ratelimit-*), for the shared limiter to adapt to.
     rate_headers: dict[str, str] = {}
+
+    @property
+    def empty(self) -> bool:
+        """No text and no tool call: nothing the agent can use (it was still billed)."""
+        return not self.text.strip() and not self.tool_calls
+
+    def message(self) -> dict[str, Any]:
+        """The assistant message to send back in the next turn's conversation."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.text or None}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]  # fmt: skip
+        return message
 
 
 class LLMProvider(Protocol):
@@ -63,14 +97,31 @@ class LLMProvider(Protocol):
 
 
 def _parse_completion(raw: Any, provider: str, fallback_model: str) -> LLMResponse:
-    """Pull text and usage out of an OpenAI-style chat completion, or say what is wrong."""
+    """Pull the message, the tool calls and usage out of an OpenAI-style chat completion, or say
+    what is wrong. An empty message with usage is an answer (billed); the caller decides."""
     choices = getattr(raw, "choices", None)
     if not choices:
         raise MalformedResponseError("response has no choices")
-    message = getattr(choices[0], "message", None)
-    text = getattr(message, "content", None)
-    if not isinstance(text, str) or not text.strip():
-        raise MalformedResponseError("response has an empty message")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    if message is None:
+        raise MalformedResponseError("response has no message")
+    text = getattr(message, "content", None) or ""
+    if not isinstance(text, str):
+        raise MalformedResponseError("response message content is not text")
+    calls: list[ToolCallOut] = []
+    for call in getattr(message, "tool_calls", None) or []:
+        function = getattr(call, "function", None)
+        name = getattr(function, "name", None)
+        if not name:
+            raise MalformedResponseError("a tool call has no function name")
+        calls.append(
+            ToolCallOut(
+                id=getattr(call, "id", None) or f"call-{len(calls)}",
+                name=name,
+                arguments=getattr(function, "arguments", None) or "{}",
+            )
+        )
     usage = getattr(raw, "usage", None)
     details = getattr(usage, "prompt_tokens_details", None)
     return LLMResponse(
@@ -80,6 +131,8 @@ def _parse_completion(raw: Any, provider: str, fallback_model: str) -> LLMRespon
         prompt_tokens=getattr(usage, "prompt_tokens", None),
         completion_tokens=getattr(usage, "completion_tokens", None),
         cached_tokens=getattr(details, "cached_tokens", None) or 0,
+        tool_calls=calls,
+        finish_reason=getattr(choice, "finish_reason", None),
         raw_usage=usage.model_dump(exclude_none=True) if usage is not None else None,
     )
 
@@ -95,17 +148,19 @@ class _ChatCompletionsProvider:
     _validation_error: type[Exception]
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
+        extra: dict[str, Any] = {}
+        if request.tools:
+            extra["tools"] = request.tools
+        if request.tag:
+            extra["user"] = request.tag
         try:
             # The raw response: its rate-limit headers tell the shared limiter what is left.
             answer = await self._client.chat.completions.with_raw_response.create(
                 model=request.model,
-                messages=[
-                    {"role": "system", "content": request.system},
-                    {"role": "user", "content": request.user},
-                ],
+                messages=request.messages,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
-                **({"user": request.tag} if request.tag else {}),
+                **extra,
             )
             raw = answer.parse()
             if inspect.isawaitable(raw):  # groq's async raw response parses asynchronously
@@ -157,7 +212,9 @@ class OpenAICompatProvider(_ChatCompletionsProvider):
 
 
 class ScriptedProvider:
-    """Deterministic offline answers for tests and demos. Every answer carries `SCRIPTED_LABEL`."""
+    """Offline answers for tests and demos — not a model. It follows each agent's script (the
+    Researcher searches, the Coder writes files through `write_file`), varies its wording from run
+    to run as a model would, and labels every answer `SCRIPTED_LABEL`."""
 
     name = "scripted"
     key_var = "LLM_PROVIDER"
@@ -167,7 +224,7 @@ class ScriptedProvider:
         self._delay = settings.scripted_delay_s
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        from activities.scripted import scripted_answer
+        from activities.scripted import scripted_turn
 
         if self._delay:
             await asyncio.sleep(self._delay)
@@ -175,14 +232,19 @@ class ScriptedProvider:
         # change shows in the answer: a demo of versions can see which prompt a worker serves.
         fingerprint = hashlib.sha256(request.system.encode()).hexdigest()[:6]
         label = SCRIPTED_LABEL.removesuffix("]") + f" · prompt {fingerprint}]"
-        text = f"{label}\n{scripted_answer(request.agent, request.user)}"
+        text, calls = scripted_turn(request)
+        if text:
+            text = f"{label}\n{text}"
+        chars = sum(len(str(m.get("content") or "")) for m in request.messages)
         return LLMResponse(
             text=text,
             model=request.model,
             provider=self.name,
             # No real tokenizer behind canned text: counts are estimates (~4 chars per token).
-            prompt_tokens=(len(request.system) + len(request.user)) // 4 + 1,
-            completion_tokens=len(text) // 4 + 1,
+            prompt_tokens=chars // 4 + 1,
+            completion_tokens=(len(text) + sum(len(c.arguments) for c in calls)) // 4 + 1,
+            tool_calls=calls,
+            finish_reason="tool_calls" if calls else "stop",
             usage_estimated=True,
             scripted=True,
         )

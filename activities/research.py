@@ -1,69 +1,77 @@
-"""Does a request need external knowledge? A cheap, deterministic decision made before any call.
+"""A shadow run's web: the results its primary got, replayed — the web must not be a difference
+between two versions.
 
-Deciding with a rule instead of an extra LLM call keeps the Researcher to exactly one model call
-per run and makes the decision explainable ("why did it search?" has a recorded answer).
-`RESEARCH_MODE=always|never` overrides it.
+A shadow's `web_search` answers with its primary's results for the same query (else every result
+its primary's searches found), and its `fetch_url` with the page its primary read at that URL
+(else it says the primary did not read it). The primary runs at the same time, so a shadow that
+gets ahead waits for its primary's researcher (the activity heartbeats meanwhile), at most
+`SHARED_RESEARCH_WAIT_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
+import json
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
 
-from activities.tools.search import SearchOutcome
-from records.statuses import TERMINAL as TERMINAL_STATUSES
-from records.tables import Run, Step
+from activities.tools import ToolOutput
+from activities.tools.search import SearchHit, SearchOutcome, search_output
+from records import runs as store
+from records.statuses import TERMINAL, StepStatus
+from records.tables import ToolCall
 
-# A shadow waits this long at most for its primary's search (the primary runs concurrently).
 SHARED_RESEARCH_WAIT_S = 900.0
-
-# Signals that the answer depends on facts a model may not have or may have stale.
-_SIGNALS = re.compile(
-    r"\b(latest|current|currently|today|recent|recently|news|release[sd]?|version|price[sd]?|"
-    r"pricing|compare|comparison|vs\.?|versus|benchmark[s]?|who|when|where|docs|documentation|"
-    r"api|library|libraries|framework|20[2-9][0-9]|research|look up|find out)\b",
-    re.IGNORECASE,
-)
+POLL_S = 0.25
 
 
-def needs_research(query: str, mode: str) -> tuple[bool, str]:
-    if mode == "always":
-        return True, "RESEARCH_MODE=always"
-    if mode == "never":
-        return False, "RESEARCH_MODE=never"
-    match = _SIGNALS.search(query)
-    if match:
-        return True, f"the request mentions {match.group(0)!r}"
-    if query.rstrip().endswith("?"):
-        return True, "the request is a question"
-    return False, "a self-contained build request"
-
-
-def _primary_research(engine: Engine, run_id: str) -> tuple[str | None, bool]:
-    """(the primary's stored search outcome, whether the primary run has ended)."""
-    with Session(engine) as session:
-        step = session.exec(
-            select(Step).where(Step.run_id == run_id, Step.agent == "researcher")
-        ).first()
-        run = session.get(Run, run_id)
-    ended = run is not None and run.status in TERMINAL_STATUSES
-    return (step.research_json if step is not None else None), ended
-
-
-async def shared_research(engine: Engine, primary_run_id: str) -> SearchOutcome:
-    """The search outcome the primary run used, once its researcher has stored it (the activity
-    heartbeats meanwhile). A shadow never searches: the web must not be a difference."""
-    deadline = asyncio.get_running_loop().time() + SHARED_RESEARCH_WAIT_S
-    while asyncio.get_running_loop().time() < deadline:
-        stored, ended = await asyncio.to_thread(_primary_research, engine, primary_run_id)
-        if stored is not None:
-            return SearchOutcome.model_validate_json(stored)
-        if ended:
-            break
-        await asyncio.sleep(0.25)
-    return SearchOutcome(
-        skipped_reason=f"the primary run {primary_run_id} has no research to share"
+def _primary_calls(engine: Engine, run_id: str, tool: str) -> tuple[list[ToolCall], bool]:
+    """The primary's finished calls of `tool`, and whether its researcher is done."""
+    calls = store.tool_calls_named(engine, run_id, tool)
+    steps = {s.agent: s.status for s in store.steps_of(engine, run_id)}
+    run = store.get_run(engine, run_id)
+    done = steps.get("researcher") in (StepStatus.COMPLETED, StepStatus.FAILED) or (
+        run is not None and run.status in TERMINAL
     )
+    return calls, done
+
+
+async def _wait_for(engine: Engine, run_id: str, tool: str, match: str) -> list[ToolCall]:
+    deadline = asyncio.get_running_loop().time() + SHARED_RESEARCH_WAIT_S
+    while True:
+        calls, done = await asyncio.to_thread(_primary_calls, engine, run_id, tool)
+        if done or any(json.loads(c.args_json).get(tool_key(tool)) == match for c in calls):
+            return calls
+        if asyncio.get_running_loop().time() > deadline:
+            return calls
+        await asyncio.sleep(POLL_S)
+
+
+def tool_key(tool: str) -> str:
+    return "query" if tool == "web_search" else "url"
+
+
+async def replayed_search(engine: Engine, primary: str, query: str) -> ToolOutput:
+    calls = await _wait_for(engine, primary, "web_search", query)
+    same = [c for c in calls if json.loads(c.args_json).get("query") == query]
+    hits: dict[str, SearchHit] = {}
+    for call in same or calls:
+        found = SearchOutcome.model_validate_json(call.data_json or "{}")
+        for hit in found.hits:
+            hits.setdefault(hit.url, hit)
+    if not hits:
+        reason = f"the primary run {primary} found no results to share"
+        return search_output(query, SearchOutcome(skipped_reason=reason))
+    return search_output(query, SearchOutcome(hits=list(hits.values())))
+
+
+async def replayed_fetch(engine: Engine, primary: str, url: str) -> ToolOutput:
+    calls = await _wait_for(engine, primary, "fetch_url", url)
+    for call in calls:
+        if json.loads(call.args_json).get("url") == url and call.result is not None:
+            return ToolOutput(call.result, summary=call.summary or "", ok=bool(call.ok))
+    return ToolOutput(
+        f"error: {url} was not read by the primary run, so this shadow run cannot read it "
+        "(shadows see only the web their primary saw)",
+        ok=False, summary="not read by the primary",
+    )  # fmt: skip

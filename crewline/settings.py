@@ -104,8 +104,17 @@ class Settings(BaseSettings):
     # How often the reconciler makes the database agree with Temporal (services/reconcile.py).
     reconcile_every_s: float = Field(default=10.0, alias="RECONCILE_EVERY_S", gt=0)
 
+    # --- agents -------------------------------------------------------------------------------
+    # A cap on every agent's model turns (each agent's spec has its own max_turns, which this
+    # lowers); 0: the specs decide.
+    max_turns: int = Field(default=0, alias="MAX_TURNS", ge=0, le=50)
+    # fetch_url: per request, the most it downloads, and whether it may reach private,
+    # loopback and link-local addresses (never, by default; tests and private deployments).
+    fetch_timeout_s: float = Field(default=10.0, alias="FETCH_TIMEOUT_S", gt=0)
+    fetch_max_bytes: int = Field(default=2_000_000, alias="FETCH_MAX_BYTES", ge=1024)
+    fetch_allow_private: bool = Field(default=False, alias="FETCH_ALLOW_PRIVATE")
+
     # --- research ----------------------------------------------------------------------------
-    research_mode: Literal["auto", "always", "never"] = Field(default="auto", alias="RESEARCH_MODE")
     search_backend: Literal["ddgs", "none"] = Field(default="ddgs", alias="SEARCH_BACKEND")
     search_timeout_s: int = Field(default=8, alias="SEARCH_TIMEOUT_S", gt=0)
     search_max_results: int = Field(default=5, alias="SEARCH_MAX_RESULTS", gt=0)

@@ -45,6 +45,8 @@ class PipelineInput(BaseModel):
     on_budget_exhausted: Literal["stop", "wait"] = "stop"
     # A shadow run: the primary run it re-runs on a candidate version (always dry-run).
     shadow_of: str | None = None
+    # A cap on every agent's model turns (MAX_TURNS); None: each agent's spec says.
+    max_turns: int | None = None
 
 
 class BudgetRaise(BaseModel):

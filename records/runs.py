@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, update
+from sqlalchemy import Connection, Engine, bindparam, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -291,13 +291,15 @@ class TurnRecord:
     cost_usd: Decimal
     attempt: int
     calls: tuple[PlannedCall, ...] = ()
+    feedback: str | None = None
 
 
 @functools.cache
 def _turn_upsert(dialect: str) -> Any:
     insert = insert_for(dialect, Turn)
     names = ("status", "message_json", "finish_reason", "model", "prompt_tokens",
-             "completion_tokens", "cost_usd", "attempt", "error", "finished_at")  # fmt: skip
+             "completion_tokens", "cost_usd", "attempt", "error", "feedback",
+             "finished_at")  # fmt: skip
     stmt = insert.values(
         run_id=bindparam("p_run_id"), agent=bindparam("p_agent"), turn=bindparam("p_turn"),
         started_at=bindparam("p_finished_at"), **{n: bindparam(f"p_{n}") for n in names},
@@ -328,7 +330,8 @@ def turn_settled_in(conn: Connection, record: TurnRecord) -> None:
             "p_finish_reason": record.finish_reason, "p_model": record.model,
             "p_prompt_tokens": record.prompt_tokens,
             "p_completion_tokens": record.completion_tokens, "p_cost_usd": record.cost_usd,
-            "p_attempt": record.attempt, "p_error": None, "p_finished_at": utcnow(),
+            "p_attempt": record.attempt, "p_error": None, "p_feedback": record.feedback,
+            "p_finished_at": utcnow(),
         },
     )  # fmt: skip
     for seq, call in enumerate(record.calls):
@@ -456,3 +459,92 @@ def tool_calls_named(engine: Engine, run_id: str, name: str) -> list[ToolCall]:
                 .order_by(col(ToolCall.id))
             )
         )  # fmt: skip
+
+
+def intended_files(engine: Engine, run_id: str) -> list[tuple[str, int]]:
+    """A dry run's workspace: the files its `write_file` intents would have written (the last
+    intent per path wins), with their sizes."""
+    latest = _intended(engine, run_id)
+    return [(path, len(content.encode())) for path, content in sorted(latest.items())]
+
+
+def intended_file(engine: Engine, run_id: str, path: str) -> str | None:
+    return _intended(engine, run_id).get(path)
+
+
+def _intended(engine: Engine, run_id: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for intent in intents_of(engine, run_id):
+        if intent.tool != "write_file":
+            continue
+        args = json.loads(intent.args_json)
+        if isinstance(args.get("path"), str):
+            found[args["path"].strip()] = str(args.get("content", ""))
+    return found
+
+
+def step_usage_in(conn: Connection, run_id: str, agent: str, **fields: Any) -> None:
+    """The step row after one of its turns: `fields`, and its tokens and cost as the sums of its
+    turns (every attempt of each)."""
+    upsert_step_in(conn, run_id, agent, **fields)
+    mine = (col(Turn.run_id) == run_id) & (col(Turn.agent) == agent)
+    conn.execute(
+        update(Step)
+        .where(col(Step.run_id) == run_id, col(Step.agent) == agent)
+        .values(
+            prompt_tokens=select(func.sum(Turn.prompt_tokens)).where(mine).scalar_subquery(),
+            completion_tokens=select(func.sum(Turn.completion_tokens))
+            .where(mine)
+            .scalar_subquery(),
+            cost_usd=select(func.sum(Turn.cost_usd)).where(mine).scalar_subquery(),
+        )
+    )
+
+
+def finish_step(
+    engine: Engine, run_id: str, agent: str, *, stop_reason: str | None, run_completed: bool
+) -> str:
+    """Close a step its loop ended (files written from a text answer, or stopped): COMPLETED,
+    its output the files it wrote and its last answer, why it stopped in its notes. With
+    `run_completed` (the last agent), the run ends COMPLETED with that output. Returns it."""
+    with engine.begin() as conn:
+        turns = conn.execute(
+            select(Turn.message_json)
+            .where(col(Turn.run_id) == run_id, col(Turn.agent) == agent,
+                   col(Turn.status) == "COMPLETED")
+            .order_by(col(Turn.turn).desc())
+            .limit(1)
+        ).all()  # fmt: skip
+        last = json.loads(turns[0][0] or "{}").get("content") or "" if turns else ""
+        written = [
+            json.loads(args).get("path", "?")
+            for args, in conn.execute(
+                select(ToolCall.args_json).where(
+                    col(ToolCall.run_id) == run_id, col(ToolCall.agent) == agent,
+                    col(ToolCall.name) == "write_file", col(ToolCall.ok).is_(True),
+                )
+            )
+        ]  # fmt: skip
+        output = files_output(sorted(set(written)), last)
+        if stop_reason:
+            output = f"{output}\n\n({stop_reason})".strip()
+        step = conn.execute(
+            select(Step.notes).where(col(Step.run_id) == run_id, col(Step.agent) == agent)
+        ).first()
+        notes = "; ".join(n for n in ((step[0] if step else None), stop_reason) if n) or None
+        upsert_step_in(
+            conn, run_id, agent, status="COMPLETED", output=output, notes=notes,
+            stop_reason=stop_reason, finished_at=utcnow(), reserved_usd=0,
+        )  # fmt: skip
+        if run_completed:
+            run_completed_in(conn, run_id=run_id, final_answer=output)
+    return output
+
+
+def files_output(paths: list[str], answer: str) -> str:
+    """A step's output that wrote files (or, in a dry run, would have): which, then its answer —
+    worded the same either way, so a shadow's output compares with its primary's."""
+    if not paths:
+        return answer
+    listed = "\n".join(f"- {p}" for p in paths)
+    return f"Files ({len(paths)}):\n{listed}\n\n{answer}".strip()

@@ -223,6 +223,7 @@ async def start_workflow_for(ctx: Context, run: Run) -> bool:
             max_attempts=settings.llm_max_attempts, timeout_s=settings.llm_step_timeout_s
         ),
         shadow_of=run.shadow_of,
+        max_turns=settings.max_turns or None,
     )
     extra: dict[str, Any] = {}
     if run.shadow_of is not None:

@@ -32,14 +32,28 @@ DEFAULT_TEXT = {
 
 
 @dataclass
+class Call:
+    """A tool call in a reply: the function and its arguments (a dict, or raw text to send
+    as-is, e.g. invalid JSON)."""
+
+    name: str
+    args: dict[str, Any] | str = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass
 class Reply:
     """A chat completion. `prompt_tokens=None`: about 4 characters per token of the messages,
-    like a real tokenizer; `completion_tokens=None`: all of the request's `max_tokens`."""
+    like a real tokenizer; `completion_tokens=None`: all of the request's `max_tokens`. `calls`:
+    tool calls (with `text` None, the message has no content); `finish_reason` defaults to
+    "tool_calls" with calls, else "stop"."""
 
     text: str | None = None
     prompt_tokens: int | None = 100
     completion_tokens: int | None = 50
     delay_s: float = 0.0
+    calls: list[Call] = field(default_factory=list)
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -77,7 +91,7 @@ class FakeGroq:
         self.outage: Any = None
         # (agent, request body) -> the answer text, or None for the default; lets a test make
         # answers depend on the prompt a version sends.
-        self.responder: Callable[[str, dict[str, Any]], str | None] | None = None
+        self.responder: Callable[[str, dict[str, Any]], str | Reply | None] | None = None
         # (request body) -> seconds to hang before answering nothing, or None.
         self.hang_when: Callable[[dict[str, Any]], float | None] | None = None
         # (N, window_s): like a provider's rate limit, at most N requests in any window_s
@@ -201,9 +215,14 @@ class FakeGroq:
                 hang = fake.hang_when(payload) if fake.hang_when else None
                 if hang:
                     action = Hang(hang)
-                if isinstance(action, Reply) and action.text is None and fake.responder:
+                if (
+                    isinstance(action, Reply) and action.text is None and not action.calls
+                    and fake.responder
+                ):  # fmt: skip
                     answer = fake.responder(agent, payload)
-                    if answer is not None:
+                    if isinstance(answer, Reply):
+                        action = answer
+                    elif answer is not None:
                         action = Reply(
                             text=answer,
                             prompt_tokens=action.prompt_tokens,
@@ -225,8 +244,11 @@ class FakeGroq:
                     return
                 if action.delay_s:
                     time.sleep(action.delay_s)
-                text = action.text if action.text is not None else DEFAULT_TEXT.get(agent, "ok")
-                chars = sum(len(m["content"]) for m in payload.get("messages", []))
+                if action.calls:
+                    text = action.text
+                else:
+                    text = action.text if action.text is not None else DEFAULT_TEXT.get(agent, "ok")
+                chars = sum(len(str(m.get("content") or "")) for m in payload.get("messages", []))
                 prompt_tokens = chars // 4 if action.prompt_tokens is None else action.prompt_tokens
                 # A real provider never answers with more than the request's max_tokens.
                 limit = int(payload.get("max_tokens") or 1024)
@@ -243,8 +265,9 @@ class FakeGroq:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": "stop",
+                            "message": _message(text, action.calls, len(fake.requests)),
+                            "finish_reason": action.finish_reason
+                            or ("tool_calls" if action.calls else "stop"),
                         }
                     ],
                     "usage": {
@@ -256,6 +279,28 @@ class FakeGroq:
                 self._send(200, json.dumps(body), limit_headers)
 
         return Handler
+
+
+def _message(text: str | None, calls: list[Call], n: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id or f"call_{n}_{i}",
+                "type": "function",
+                "function": {
+                    "name": call.name,
+                    "arguments": call.args if isinstance(call.args, str) else json.dumps(call.args),
+                },
+            }
+            for i, call in enumerate(calls)
+        ]
+    return message
+
+
+def tool_results(body: dict[str, Any]) -> list[str]:
+    """The tool results a request carries (what the model was told its calls returned)."""
+    return [str(m.get("content") or "") for m in body.get("messages", []) if m["role"] == "tool"]
 
 
 class FakeSearch:

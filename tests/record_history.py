@@ -18,10 +18,11 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
+from activities.tools.search import SearchHit
 from crewline.db import make_engine
 from crewline.settings import Settings
 from crewline.temporal import DATA_CONVERTER, dev_server_path
-from tests.fakes import FakeGroq, Status
+from tests.fakes import Call, FakeGroq, FakeSearch, Reply, Status
 from workers.main import build_worker
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 
@@ -30,6 +31,8 @@ HISTORIES = Path(__file__).parent / "histories"
 
 async def record(name: str, fail: str | None, budget: str | None) -> Path:
     fake = FakeGroq().start()
+    # The researcher searches, then writes its notes: a recorded run has the loop's shape.
+    fake.script("researcher", Reply(calls=[Call("web_search", {"query": "snake game"})]))
     if fail:
         fake.script(fail, Status(401, message="Invalid API Key"))
     env = await WorkflowEnvironment.start_local(
@@ -46,8 +49,12 @@ async def record(name: str, fail: str | None, budget: str | None) -> Path:
                 _env_file=None,
             )
             run_id = f"run-{name}-{uuid.uuid4().hex[:6]}"
+            hits = [SearchHit(title="Snake", url="https://example.org/snake", snippet="a game")]
             worker = build_worker(
-                env.client, settings, engine=make_engine(settings.resolved_database_url)
+                env.client,
+                settings,
+                engine=make_engine(settings.resolved_database_url),
+                search_backend=FakeSearch(hits),
             )
             async with worker:
                 handle = await env.client.start_workflow(

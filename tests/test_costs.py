@@ -20,11 +20,12 @@ from costs.pricing import ModelPrice, Pricer, UnknownPriceError
 from crewline.settings import Settings
 from records.ledger import calls_of, record_call
 from records.runs import steps_of
+from records.statuses import AGENTS as AGENT_ORDER
 from records.tables import LedgerEntry, to_pico
 from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Hang, Reply, Status
 from workers.main import build_worker
-from workflows.pipeline import AGENT_ORDER, AgentPipelineWorkflow
+from workflows.pipeline import AgentPipelineWorkflow
 
 pytestmark = pytest.mark.both_databases
 

@@ -45,10 +45,12 @@ async def test_every_side_effect_tool_only_records_an_intent(
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket.socket, "connect_ex", no_network)
     ctx = ToolContext(run_id="run-dry", dry_run=True, agent="coder")
-    for spec in side_effects:
+    for n, spec in enumerate(side_effects):
         params = list(inspect.signature(spec.fn).parameters)[1:]  # after the context
         args = {name: f"{name}-value" for name in params}
-        assert await registry.dispatch(ctx, spec.name, **args) is None
+        ctx.intent_seq = n
+        done = await registry.dispatch(ctx, spec.name, **args)
+        assert done.ok and done.text.startswith("(dry run: nothing was done)"), done.text
     monkeypatch.undo()
     assert not settings.artifacts_dir.exists() or not any(settings.artifacts_dir.rglob("*"))
     assert _rows_outside_intents(engine) == {}

@@ -22,10 +22,10 @@ from temporalio.worker import Worker
 from activities.breaker import BreakerRegistry
 from crewline.settings import Settings
 from records.runs import breakers, steps_of
+from records.statuses import AGENTS as AGENT_ORDER
 from tests.conftest import assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Hang, Malformed, Reply, Status
 from tests.procs import WorkerProcesses
-from workflows.pipeline import AGENT_ORDER
 
 MODEL = "llama-3.3-70b-versatile"
 

@@ -9,12 +9,11 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
-from activities.tools.search import SearchHit
 from crewline.settings import Settings
 from records.runs import artifacts_of, get_run, steps_of
+from records.statuses import AGENTS as AGENT_ORDER
 from tests.conftest import start_pipeline
-from tests.fakes import FakeGroq, FakeSearch, Status
-from workflows.pipeline import AGENT_ORDER
+from tests.fakes import FakeGroq, Status
 
 
 async def test_run_completes_with_five_steps_each_called_once(
@@ -87,43 +86,3 @@ async def test_transient_errors_are_retried_by_temporal(
     assert fake_groq.count("planner") == 3  # the SDK did not retry on its own
     planner = next(s for s in steps_of(engine, run_id) if s.agent == "planner")
     assert planner.attempt == 3 and planner.status == "COMPLETED" and planner.error is None
-
-
-async def test_unreachable_search_degrades_to_no_research(
-    client: Client,
-    settings: Settings,
-    fake_groq: FakeGroq,
-    engine: Any,
-    new_worker: Callable[..., Worker],
-) -> None:
-    search = FakeSearch(fail=ConnectionError("network is unreachable"))
-    async with new_worker(
-        settings=settings.model_copy(update={"research_mode": "always"}), search_backend=search
-    ):
-        run_id, handle = await start_pipeline(client, settings)
-        result = await handle.result()
-    assert result.status == "COMPLETED" and search.queries == ["Build a snake game"]
-    researcher = steps_of(engine, run_id)[0]
-    assert researcher.notes is not None and "unavailable" in researcher.notes
-    assert "network is unreachable" in researcher.notes
-    prompt = fake_groq.calls("researcher")[0].body["messages"][1]["content"]
-    assert "search unavailable" in prompt
-
-
-async def test_search_results_reach_the_researcher(
-    client: Client,
-    settings: Settings,
-    fake_groq: FakeGroq,
-    engine: Any,
-    new_worker: Callable[..., Worker],
-) -> None:
-    hit = SearchHit(title="Pygame docs", url="https://www.pygame.org/docs", snippet="pygame API")
-    search = FakeSearch(hits=[hit])
-    async with new_worker(search_backend=search):
-        run_id, handle = await start_pipeline(
-            client, settings, query="Build a snake game with the latest pygame"
-        )
-        await handle.result()
-    prompt = fake_groq.calls("researcher")[0].body["messages"][1]["content"]
-    assert "https://www.pygame.org/docs" in prompt
-    assert steps_of(engine, run_id)[0].notes == "searched the web: 1 results"

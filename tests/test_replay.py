@@ -44,11 +44,12 @@ async def test_pipeline_with_no_workflow_cache(
     assert result.status == "COMPLETED" and fake_groq.count("finalizer") == 1
 
 
-def test_current_histories_record_only_unhappy_statuses() -> None:
-    # Today's runs write RUNNING and COMPLETED with their first and last steps' own rows (no
-    # record_run at all on the happy path), and record other statuses with a local activity.
-    # Runs recorded before that (*_v2: two local record_run calls) and before local activities
-    # (*_v1: record_run as regular activities) must keep replaying (the test above).
+def test_each_recorded_shape_is_what_its_name_says() -> None:
+    # Today's runs are agent loops (agent_turn / agent_tool activities behind the agent-loop
+    # patch); a run's RUNNING and COMPLETED ride on its first and last turns' own writes, other
+    # statuses and closing a stopped step are local activities. The shapes before must keep
+    # replaying (the test above): *_v3 one activity per agent, statuses in steps; *_v2 two
+    # local record_run calls; *_v1 record_run as regular activities.
     for path in HISTORIES:
         history = WorkflowHistory.from_json(path.stem, path.read_text())
         scheduled = [
@@ -66,7 +67,8 @@ def test_current_histories_record_only_unhappy_statuses() -> None:
             assert "record_run" in scheduled and local == 0
         elif path.stem.endswith("_v2"):
             assert "record_run" not in scheduled and local == 2, markers
+        elif path.stem.endswith("_v3"):
+            assert "researcher" in scheduled and "core_patch" in markers, path.stem
         else:
+            assert scheduled[:3] == ["agent_turn", "agent_tool", "agent_turn"], scheduled
             assert "record_run" not in scheduled and "core_patch" in markers, path.stem
-            completed = "finalizer" in scheduled
-            assert local == (0 if completed else 1), (path.stem, markers)

@@ -130,9 +130,7 @@ async def test_shadow_flags_a_decision_flip_and_not_a_rewording(
     assert [i["summary"] for i in shadow_run["intents"]] == ["would write snake.py (15 bytes)"]
     assert not (settings.artifacts_dir / shadow_id).exists()  # the shadow wrote no file
     assert (settings.artifacts_dir / flipped_id / "snake.py").is_file()  # the primary did
-    # The shadow reused the primary's research; its spend is ledgered as shadow spend.
-    notes = {r: steps_of(engine, r)[0].notes for r in (flipped_id, shadow_id)}
-    assert notes[shadow_id] == notes[flipped_id] and notes[flipped_id]
+    # Its spend is ledgered as shadow spend.
     assert {c.shadow for c in calls_of(engine, shadow_id)} == {True}
     assert {c.shadow for c in calls_of(engine, flipped_id)} == {False}
     primary = get_run(engine, flipped_id)

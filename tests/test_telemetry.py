@@ -35,7 +35,7 @@ from records.runs import get_run
 from records.tables import Run
 from services import Context, Services
 from tests.conftest import AUTH, assert_eventually, free_port
-from tests.fakes import FakeGroq, FakeSearch, OtlpReceiver, Reply, Status
+from tests.fakes import Call, FakeGroq, FakeSearch, OtlpReceiver, Reply, Status
 from tests.procs import WorkerProcesses
 from tests.snapshots import wait_live
 from versioning import shadow
@@ -120,9 +120,9 @@ def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **m
 async def test_one_run_is_one_trace_from_the_request_to_each_llm_and_tool_call(
     client: Client, settings: Settings, engine: Any, fake_groq: FakeGroq
 ) -> None:
-    settings = settings.model_copy(update={"research_mode": "always"})
     tracing, exporter = in_memory(settings)
     traced = traced_client(client, tracing)
+    fake_groq.script("researcher", Reply(calls=[Call("web_search", {"query": "snake rules"})]))
     fake_groq.script("planner", Status(503))  # one retried attempt
     search = FakeSearch(hits=[SearchHit(title="Snake", url="https://x.example", snippet="grid")])
     app = create_app(settings, client=traced, engine=engine, tracing=tracing)
@@ -148,18 +148,22 @@ async def test_one_run_is_one_trace_from_the_request_to_each_llm_and_tool_call(
     assert lines[0] == "StartWorkflow:AgentPipelineWorkflow"
     runs = [line.strip() for line in lines if line.strip().startswith("RunActivity:")]
     assert runs == [
-        "RunActivity:researcher [attempt 1]",
-        "RunActivity:planner [attempt 1] ERROR",
-        "RunActivity:planner [attempt 2]",
-        "RunActivity:executor [attempt 1]",
-        "RunActivity:coder [attempt 1]",
-        "RunActivity:finalizer [attempt 1]",
+        "RunActivity:researcher turn 1 [attempt 1]",
+        "RunActivity:researcher tool web_search [attempt 1]",
+        "RunActivity:researcher turn 2 [attempt 1]",
+        "RunActivity:planner turn 1 [attempt 1] ERROR",
+        "RunActivity:planner turn 1 [attempt 2]",
+        "RunActivity:executor turn 1 [attempt 1]",
+        "RunActivity:coder turn 1 [attempt 1]",
+        "RunActivity:coder tool write_file [attempt 1]",  # its answer's file block, written
+        "RunActivity:agent_finish",  # then its step closed (a local activity)
+        "RunActivity:finalizer turn 1 [attempt 1]",
     ]
     assert all(line.startswith("  RunActivity:") for line in lines if "RunActivity:" in line)
     assert not any("record_run" in line for line in lines)  # status writes are left out
     by_id = {s.span_id: s for s in run_spans}
     chats = [s for s in run_spans if s.name == f"chat {MODEL}"]
-    assert len(chats) == 6 and all(
+    assert len(chats) == 7 and all(
         by_id[c.parent_id].name.startswith("RunActivity:") for c in chats
     )
     assert sum(c.error for c in chats) == 1
@@ -176,8 +180,8 @@ async def test_one_run_is_one_trace_from_the_request_to_each_llm_and_tool_call(
         s.name: by_id[s.parent_id].name for s in run_spans if s.name.startswith("execute_tool")
     }
     assert tools == {
-        "execute_tool web_search": "RunActivity:researcher",
-        "execute_tool write_file": "RunActivity:coder",
+        "execute_tool web_search": "RunActivity:researcher tool web_search",
+        "execute_tool write_file": "RunActivity:coder tool write_file",
     }
     # By default no prompt, output or secret is in any span.
     values = json.dumps([s.attributes for s in spans], default=str)
@@ -345,7 +349,8 @@ async def test_traces_reach_an_otlp_collector_and_show_a_crash_takeover(
             survivor.send_signal(signal.SIGTERM)  # a clean stop flushes its last spans
             survivor.wait(timeout=30)
         await assert_eventually(
-            lambda: any(s.name == "RunActivity:finalizer" for s in receiver.received()), timeout=10
+            lambda: any(s.name == "RunActivity:finalizer turn 1" for s in receiver.received()),
+            timeout=10,
         )
     finally:
         receiver.stop()
@@ -362,14 +367,16 @@ async def test_traces_reach_an_otlp_collector_and_show_a_crash_takeover(
         f"\n{root.name}  (service {root.service}, trace {trace_id})\n"
         + "\n".join("  " + line for line in lines)
     )
-    coders = [s for s in spans if s.name == "RunActivity:coder"]
+    coders = [s for s in spans if s.name == "RunActivity:coder turn 1"]
     # The killed worker's attempt never ended, so never reached the collector; the takeover did.
     assert [s.attributes["crewline.attempt"] for s in coders] == [2]
     [takeover] = coders
     chat = next(s for s in spans if s.parent_id == takeover.span_id and s.name.startswith("chat"))
     assert chat.attributes["crewline.lost_attempts"] == 1
     assert {
-        s.attributes.get("crewline.worker") for s in spans if s.name == "RunActivity:researcher"
+        s.attributes.get("crewline.worker")
+        for s in spans
+        if s.name == "RunActivity:researcher turn 1"
     } != {takeover.attributes["crewline.worker"]}
     # Logs join traces: the survivor's JSON lines inside the run's spans carry its trace id.
     logged = [

@@ -8,18 +8,18 @@ import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import groq
 import httpx
 import pytest
+from pydantic import Field
 from temporalio.testing import ActivityEnvironment
 
 from activities.errors import backoff_delay, classify, retry_after_seconds
 from activities.heartbeat import FIRST_BEAT_AFTER_S, heartbeating, report
 from activities.models import check_agent_models, model_for
-from activities.research import needs_research
-from activities.tools import ToolContext, ToolRegistry, ToolSpec
+from activities.tools import ToolContext, ToolError, ToolRegistry, ToolSpec
 from activities.tools.files import UnsafePathError, parse_files, safe_relative_path, write_artifact
 from crewline.settings import ConfigurationError, Settings
 
@@ -87,23 +87,33 @@ def test_timeouts_and_connection_errors_are_retryable() -> None:
     assert not err.non_retryable and "unreachable" in err.message
 
 
-def test_research_decision() -> None:
-    assert needs_research("Build a snake game", "auto")[0] is False
-    assert needs_research("Compare the latest Python web frameworks", "auto")[0] is True
-    assert needs_research("How do I parse TOML?", "auto")[0] is True
-    assert needs_research("Build a snake game", "always")[0] is True
-    assert needs_research("latest news", "never")[0] is False
-
-
 def test_parse_files_and_unsafe_paths(tmp_path: Path) -> None:
     text = "intro\n=== FILE: a/b.py ===\nx = 1\n=== END FILE ===\n=== FILE: c.md ===\n# c\n=== END FILE ==="
-    assert parse_files(text) == {"a/b.py": "x = 1\n", "c.md": "# c\n"}
-    for bad in ("../etc/passwd", "/etc/passwd", "a/../../x", ""):
+    assert parse_files(text).files == {"a/b.py": "x = 1\n", "c.md": "# c\n"}
+    for bad in ("../etc/passwd", "/etc/passwd", "a/../../x", "", "evil\u202egp.py", "a\x00b"):
         with pytest.raises(UnsafePathError):
             safe_relative_path(bad)
     _, size, digest = write_artifact(tmp_path, "a/b.py", "x = 1\n")
     assert (tmp_path / "a" / "b.py").read_text() == "x = 1\n" and size == 6 and len(digest) == 64
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_old_file_format_is_read_tolerantly() -> None:
+    # A fenced block inside the markers loses its fence; trailing spaces and an indented marker
+    # do not drop a file; a block cut off at the token limit is kept and reported.
+    text = (
+        "=== FILE: main.py ===   \n```python\nprint(1)\n```\n=== END FILE ===\n"
+        "  === FILE: game/b.py ===\nx = 2\n=== END FILE ===\n"
+        "=== FILE: c.py ===\ndef f(:\n"
+    )
+    parsed = parse_files(text, cut_off=True)
+    assert parsed.files == {"main.py": "print(1)\n", "game/b.py": "x = 2\n", "c.py": "def f(:\n"}
+    assert parsed.truncated == ["c.py"]
+    # The common "**main.py** then a fenced block" answer is files too, not one markdown blob.
+    headed = (
+        "Here it is.\n\n**main.py**\n```python\nprint(2)\n```\n\n### `README.md`\n```\n# R\n```\n"
+    )
+    assert parse_files(headed).files == {"main.py": "print(2)\n", "README.md": "# R\n"}
 
 
 async def test_dry_run_records_intents_instead_of_side_effects() -> None:
@@ -120,11 +130,39 @@ async def test_dry_run_records_intents_instead_of_side_effects() -> None:
     registry.register(ToolSpec("write", side_effects=True, description="", fn=write))
     registry.register(ToolSpec("read", side_effects=False, description="", fn=read))
     ctx = ToolContext(run_id="r", dry_run=True)
-    assert await registry.dispatch(ctx, "write", path="x.py") is None
-    assert await registry.dispatch(ctx, "read", q="hi") == "HI"
+    intended = await registry.dispatch(ctx, "write", path="x.py")
+    assert intended.ok and intended.text.startswith("(dry run: nothing was done)")
+    assert (await registry.dispatch(ctx, "read", q="hi")).text == "HI"
     assert done == [] and ctx.intents == [{"tool": "write", "summary": "would call write(path)"}]
-    assert await registry.dispatch(ToolContext(run_id="r"), "write", path="y.py") == "y.py"
+    assert (await registry.dispatch(ToolContext(run_id="r"), "write", path="y.py")).text == "y.py"
     assert done == ["y.py"]
+
+
+async def test_a_tools_schema_is_derived_and_bad_arguments_go_back_to_the_model() -> None:
+    async def lookup(
+        ctx: ToolContext,
+        query: Annotated[str, Field(min_length=1, description="what to look up")],
+        limit: int = 5,
+    ) -> str:
+        if query == "boom":
+            raise ToolError("the index is down")
+        return f"{query}:{limit}"
+
+    registry = ToolRegistry()
+    registry.register(ToolSpec("lookup", side_effects=False, description="Look up", fn=lookup))
+    [schema] = registry.schemas(["lookup"])
+    params = schema["function"]["parameters"]
+    assert schema["function"]["name"] == "lookup" and params["required"] == ["query"]
+    assert params["properties"]["query"]["description"] == "what to look up"
+    assert params["properties"]["limit"] == {"default": 5, "type": "integer"}
+    ctx = ToolContext(run_id="r")
+    assert (await registry.dispatch(ctx, "lookup", query="a")).text == "a:5"
+    wrong = await registry.dispatch(ctx, "lookup", query="", limit="many", extra=1)
+    assert not wrong.ok and "bad arguments for lookup" in wrong.text and "limit" in wrong.text
+    failed = await registry.dispatch(ctx, "lookup", query="boom")
+    assert not failed.ok and failed.text == "error: the index is down"
+    unknown = await registry.dispatch(ctx, "nope")
+    assert not unknown.ok and "there is no tool 'nope'" in unknown.text
 
 
 def test_settings_say_what_to_set() -> None:
@@ -235,3 +273,76 @@ def test_the_tree_declares_the_records_interface_it_is_written_for() -> None:
 
     assert activities.RECORDS_INTERFACE == records.INTERFACE
     assert records.INTERFACE in records.SUPPORTED_INTERFACES
+
+
+def _turn_input(agent: str = "researcher", turn: int = 1, last: bool = False) -> Any:
+    from activities.agents import TurnInput
+
+    return TurnInput(run_id="r", query="q", agent=agent, turn=turn, last_turn=last)
+
+
+def _response(text: str = "", calls: list[Any] | None = None, finish: str = "stop") -> Any:
+    from activities.llm import LLMResponse
+
+    return LLMResponse(text=text, model="m", provider="p", prompt_tokens=1, completion_tokens=1,
+                       tool_calls=calls or [], finish_reason=finish)  # fmt: skip
+
+
+def test_what_a_turns_message_means_for_the_loop() -> None:
+    from activities.answers import CONTINUE_NOTE, decide
+    from activities.llm import ToolCallOut
+    from activities.specs import specs
+    from records.tables import ToolCall, Turn
+
+    spec = specs()
+    call = ToolCallOut(id="c1", name="web_search", arguments='{"query": "stripe"}')
+    asked = decide(spec["researcher"], _turn_input(), _response(calls=[call]), [], "p")
+    assert not asked.finished and [(c.name, c.args) for c in asked.calls] == [
+        ("web_search", {"query": "stripe"})
+    ]
+    bad = ToolCallOut(id="c2", name="web_search", arguments="{not json")
+    broken = decide(spec["researcher"], _turn_input(), _response(calls=[bad]), [], "p")
+    assert broken.calls[0].args == {"__invalid_json__": "{not json"}  # the model is told
+    assert decide(spec["planner"], _turn_input("planner"), _response(), [], "p").empty
+    cut = decide(
+        spec["planner"], _turn_input("planner"), _response("1. a", finish="length"), [], "p"
+    )
+    assert not cut.finished and cut.feedback == CONTINUE_NOTE
+    # The continuation finishes the answer: both parts, in order.
+    earlier = Turn(run_id="r", agent="planner", turn=1, finish_reason="length",
+                   message_json='{"content": "1. a"}', status="COMPLETED")  # fmt: skip
+    whole = decide(spec["planner"], _turn_input("planner", 2), _response("nd b\n2. c"),
+                   [(earlier, [])], "p")  # fmt: skip
+    assert whole.finished and whole.output == "1. and b\n2. c" and whole.notes is None
+    # Research notes citing a URL it never saw are flagged; one from its search is fine.
+    search = ToolCall(run_id="r", agent="researcher", turn=1, seq=0, call_id="c1",
+                      name="web_search", args_json="{}", result="1. S\n   https://stripe.com/docs\n",
+                      status="COMPLETED", ok=True)  # fmt: skip
+    noted = decide(spec["researcher"], _turn_input(turn=2),
+                   _response("See https://stripe.com/docs and https://made.up/page."),
+                   [(Turn(run_id="r", agent="researcher", turn=1, status="COMPLETED",
+                          message_json="{}"), [search])], "p")  # fmt: skip
+    assert noted.finished and noted.notes is not None
+    assert "https://made.up/page" in noted.notes and "stripe.com" not in noted.notes
+    # The Executor's checks are data; the Coder's text-format files become write_file calls.
+    checks = decide(spec["executor"], _turn_input("executor"),
+                    _response('Gaps: none.\n```json\n["python -m py_compile main.py"]\n```'),
+                    [], "p")  # fmt: skip
+    assert checks.checks == ["python -m py_compile main.py"]
+    files = decide(spec["coder"], _turn_input("coder"),
+                   _response("=== FILE: a.py ===\nx=1\n=== END FILE ==="), [], "p")  # fmt: skip
+    assert files.then_finish and [c.args["path"] for c in files.calls] == ["a.py"]
+    none = decide(spec["coder"], _turn_input("coder"), _response("I could not."), [], "p")
+    assert none.finished and none.notes == "the Coder wrote no files"
+
+
+async def test_fetch_refuses_non_public_addresses() -> None:
+    from activities.tools import ToolError
+    from activities.tools.web import FetchPolicy, fetch
+
+    policy = FetchPolicy(timeout_s=2)
+    for url in ("http://127.0.0.1:9/x", "http://localhost/", "http://10.1.2.3/",
+                "http://169.254.169.254/latest/meta-data", "http://[::1]/", "file:///etc/passwd",
+                "ftp://example.org/"):  # fmt: skip
+        with pytest.raises(ToolError):
+            await fetch(url, policy)

@@ -7,6 +7,7 @@ snapshot served a step is visible in its output, as it is in a demo.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from decimal import Decimal
@@ -20,8 +21,9 @@ from temporalio.common import PinnedVersioningOverride
 
 from crewline.settings import Settings
 from records.ledger import calls_of
-from records.runs import get_run, steps_of
+from records.runs import get_run, steps_of, turns_of
 from tests.conftest import REPO, assert_eventually, run_cli, start_pipeline
+from tests.fakes import Call, FakeGroq, Reply
 from tests.procs import WorkerProcesses
 from tests.snapshots import checkout, fingerprint, set_finalizer, snapshot, wait_live
 from versioning import bundle, deployment
@@ -330,3 +332,48 @@ async def test_a_run_pinned_to_a_version_prices_by_that_versions_rules(
     assert rows_y and {r.price_source for r in rows_y} == {"changed in the working tree"}
     assert sum(r.cost_usd for r in rows_y) > 0
     assert {r.version for r in rows_x} == {x} and {r.version for r in rows_y} == {y}
+
+
+async def test_single_shot_and_looping_versions_serve_their_pinned_runs_side_by_side(
+    client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any, tmp_path: Path
+) -> None:
+    """A version whose agents are single-shot (no tools, one turn each) and one whose researcher
+    searches, each served by its own worker process: each run follows its own version."""
+    single = checkout(tmp_path / "single", "Be brief.")
+    specs = single / "activities/agents.yaml"
+    text = specs.read_text()
+    for tools in ("[web_search, fetch_url]", "[write_file, read_file, list_files]",
+                  "[read_file, list_files]"):  # fmt: skip
+        text = text.replace(f"tools: {tools}", "tools: []")
+    specs.write_text(re.sub(r"max_turns: \d+", "max_turns: 1", text))
+    looping = checkout(tmp_path / "looping", "Be brief.")
+    v1, v2 = snapshot(settings, engine, single), snapshot(settings, engine, looping)
+    with WorkerProcesses(settings, tmp_path) as workers:
+        workers.spawn("worker", "--version", v1)
+        workers.spawn("worker", "--version", v2)
+        await wait_live(client, settings, v1, v2)
+        handles = {}
+        for version in (v1, v2):
+            run_id = f"run-{version}-{settings.task_queue}"
+            search = Reply(calls=[Call("web_search", {"query": "snake"})])
+            fake_groq.script_run(run_id, "researcher", search)  # the model asks, either way
+            handles[version] = (run_id, await client.start_workflow(
+                AgentPipelineWorkflow.run, PipelineInput(run_id=run_id, query="Build a snake game"),
+                id=run_id, task_queue=settings.task_queue,
+                versioning_override=PinnedVersioningOverride(
+                    deployment.deployment_version(settings, version)
+                ),
+            ))  # fmt: skip
+        results = {v: await h.result() for v, (_, h) in handles.items()}
+    assert {r.status for r in results.values()} == {"COMPLETED"}
+    on_v1, on_v2 = handles[v1][0], handles[v2][0]
+    # The single-shot version offered no tools and gave each agent one turn: its researcher's
+    # tool call was not run, and said so.
+    first = fake_groq.calls("researcher", run_id=on_v1)[0].body
+    assert "tools" not in first
+    assert "not run" in (steps_of(engine, on_v1)[0].notes or "")
+    assert [t.turn for t in turns_of(engine, on_v1)[0]] == [1] * 5
+    researcher_v2 = [t.turn for t in turns_of(engine, on_v2)[0] if t.agent == "researcher"]
+    assert researcher_v2 == [1, 2]
+    assert {s.version for s in steps_of(engine, on_v1)} == {v1}
+    assert {s.version for s in steps_of(engine, on_v2)} == {v2}

@@ -197,7 +197,10 @@ def test_tool_manifest_matches_the_registered_tools(plain: Settings, tmp_path: P
     assert sorted(listed, key=lambda t: t["name"]) == sorted(registered, key=lambda t: t["name"])
     assert {t["name"]: t["side_effects"] for t in listed} == {
         "web_search": False,
+        "fetch_url": False,
         "write_file": True,
+        "read_file": False,
+        "list_files": False,
     }
 
 

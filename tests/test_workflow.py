@@ -1,9 +1,12 @@
-"""Workflow logic on the time-skipping test server, with fake activities under the real names."""
+"""The pipeline's agent loops on the time-skipping test server, with fake activities under the
+real names: the order of turns and tool calls, what travels through the history, the stops
+(max turns, a repeated call), failure and cancellation."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import pytest
 from temporalio import activity
@@ -12,131 +15,204 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.agents import AgentInput, AgentResult, RunUpdate
+from activities.agents import (
+    CallRef,
+    FinishInput,
+    FinishResult,
+    RunUpdate,
+    ToolInput,
+    ToolResult,
+    TurnInput,
+    TurnResult,
+)
+from activities.specs import specs
+from records.statuses import AGENTS
 from tests.conftest import assert_eventually
-from workflows.pipeline import AGENT_ORDER, AgentPipelineWorkflow, PipelineInput
+from workflows.pipeline import TOOL_REPEAT_LIMIT, AgentPipelineWorkflow, PipelineInput
+
+Script = Callable[[TurnInput], TurnResult]
+
+
+def answers(inp: TurnInput) -> TurnResult:
+    """Every agent answers on its first turn; the researcher searches first."""
+    if inp.agent == "researcher" and inp.turn == 1:
+        return TurnResult(
+            agent=inp.agent, turn=1,
+            calls=[CallRef(call_id="c1", name="web_search", summary="web_search 'x'",
+                           fingerprint="f1")],
+        )  # fmt: skip
+    return TurnResult(agent=inp.agent, turn=inp.turn, finished=True, output=f"out-{inp.agent}")
 
 
 class FakeAgents:
-    """Records what each agent was given; can fail or block one agent."""
+    """Records every turn, tool call and finish; turns follow `script`; one agent can fail or
+    block."""
 
-    def __init__(self, fail: str | None = None, block: str | None = None) -> None:
-        self.calls: list[AgentInput] = []
+    def __init__(
+        self, script: Script = answers, fail: str | None = None, block: str | None = None
+    ) -> None:
+        self.script, self.fail, self.block = script, fail, block
+        self.log: list[str] = []
+        self.turns: list[TurnInput] = []
+        self.finishes: list[FinishInput] = []
         self.updates: list[RunUpdate] = []
-        self.fail, self.block = fail, block
         self.blocked = asyncio.Event()
 
-    async def _agent(self, inp: AgentInput) -> AgentResult:
-        self.calls.append(inp)
-        if inp.agent == self.fail:
-            raise ApplicationError(
-                "GROQ_API_KEY rejected (401)", type="LLMAuthError", non_retryable=True
-            )
-        if inp.agent == self.block:
-            self.blocked.set()
-            while True:  # until cancelled; heartbeats deliver the cancel
-                activity.heartbeat()
-                await asyncio.sleep(0.1)
-        artifacts = ["snake.py"] if inp.agent == "coder" else []
-        return AgentResult(
-            agent=inp.agent,
-            output=f"out-{inp.agent}",
-            model="m",
-            provider="fake",
-            artifacts=artifacts,
-        )
-
     def activities(self) -> list[object]:
-        def make(name: str) -> object:
-            @activity.defn(name=name)
-            async def _fn(inp: AgentInput) -> AgentResult:
-                return await self._agent(inp)
+        @activity.defn(name="agent_turn")
+        async def turn(inp: TurnInput) -> TurnResult:
+            self.log.append(f"{inp.agent}:turn{inp.turn}")
+            self.turns.append(inp)
+            if inp.agent == self.fail:
+                raise ApplicationError(
+                    "GROQ_API_KEY rejected (401)", type="LLMAuthError", non_retryable=True
+                )
+            if inp.agent == self.block:
+                self.blocked.set()
+                while True:  # until cancelled; heartbeats deliver the cancel
+                    activity.heartbeat()
+                    await asyncio.sleep(0.1)
+            return self.script(inp)
 
-            return _fn
+        @activity.defn(name="agent_tool")
+        async def tool(inp: ToolInput) -> ToolResult:
+            self.log.append(f"{inp.agent}:{inp.name}")
+            return ToolResult(call_id=inp.call_id, name=inp.name, summary="ok")
+
+        @activity.defn(name="agent_finish")
+        async def finish(inp: FinishInput) -> FinishResult:
+            self.log.append(f"{inp.agent}:finish")
+            self.finishes.append(inp)
+            return FinishResult(output=f"closed-{inp.agent}")
 
         @activity.defn(name="record_run")
         async def record_run(update: RunUpdate) -> None:
             self.updates.append(update)
 
-        return [make(name) for name in AGENT_ORDER] + [record_run]
+        return [turn, tool, finish, record_run]
 
 
-async def _start(env: WorkflowEnvironment, fakes: FakeAgents, query: str = "Build a snake game"):  # type: ignore[no-untyped-def]
+async def run(env: WorkflowEnvironment, fakes: FakeAgents, **fields: object) -> tuple[str, object]:
     queue = f"wf-{uuid.uuid4().hex[:8]}"
-    worker = Worker(
-        env.client,
-        task_queue=queue,
-        workflows=[AgentPipelineWorkflow],
-        activities=fakes.activities(),
-    )  # type: ignore[arg-type]
     run_id = f"run-{uuid.uuid4().hex[:8]}"
-    return worker, run_id, queue
-
-
-async def test_agents_run_in_order_and_pass_references_not_outputs(
-    ts_env: WorkflowEnvironment,
-) -> None:
-    fakes = FakeAgents()
-    worker, run_id, queue = await _start(ts_env, fakes)
+    worker = Worker(
+        env.client, task_queue=queue, workflows=[AgentPipelineWorkflow],
+        activities=fakes.activities(),  # type: ignore[arg-type]
+    )  # fmt: skip
     async with worker:
-        result = await ts_env.client.execute_workflow(
+        handle = await env.client.start_workflow(
             AgentPipelineWorkflow.run,
-            PipelineInput(run_id=run_id, query="Build a snake game"),
+            PipelineInput(run_id=run_id, query="Build a snake game", **fields),  # type: ignore[arg-type]
             id=run_id,
             task_queue=queue,
         )
-    assert [c.agent for c in fakes.calls] == list(AGENT_ORDER)
-    # Earlier outputs are not carried through the history: each step reads them from the step
-    # rows (tests/test_integration.py checks what a step's prompt got).
-    assert all(c.context == {} for c in fakes.calls)
-    assert all(c.query == "Build a snake game" for c in fakes.calls)
-    assert result.status == "COMPLETED" and result.final_answer == "out-finalizer"
-    assert result.artifacts == ["snake.py"]
-    # The happy path's statuses ride on the first and last steps' own writes: no record_run.
-    assert fakes.updates == []
-    assert [c.run_status for c in fakes.calls] == ["RUNNING", None, None, None, "COMPLETED"]
+        return run_id, await handle.result()
+
+
+async def test_each_agent_loops_turns_and_tool_calls_in_order(ts_env: WorkflowEnvironment) -> None:
+    fakes = FakeAgents()
+    _, result = await run(ts_env, fakes)
+    assert fakes.log == [
+        "researcher:turn1", "researcher:web_search", "researcher:turn2",
+        "planner:turn1", "executor:turn1", "coder:turn1", "finalizer:turn1",
+    ]  # fmt: skip
+    assert result.status == "COMPLETED" and result.final_answer == "out-finalizer"  # type: ignore[attr-defined]
+    # Earlier outputs are not carried through the history: each turn reads them from the rows.
+    assert all(t.query == "Build a snake game" for t in fakes.turns)
+    # The happy path's statuses ride on the first and last agents' own writes: no record_run.
+    assert fakes.updates == [] and fakes.finishes == []
+    statuses = [(t.agent, t.turn, t.run_status) for t in fakes.turns]
+    assert statuses[0] == ("researcher", 1, "RUNNING") and statuses[1][2] is None
+    assert statuses[-1] == ("finalizer", 1, "COMPLETED")
+    # Only the last turn an agent's spec allows is told it is the last.
+    assert [t.last_turn for t in fakes.turns] == [False] * len(fakes.turns)
+
+
+async def test_an_agent_that_never_answers_stops_at_its_turn_limit(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    def busy(inp: TurnInput) -> TurnResult:  # a new search every turn, never an answer
+        if inp.agent == "researcher" and not inp.last_turn:
+            call = CallRef(call_id=f"c{inp.turn}", name="web_search", summary=f"q{inp.turn}",
+                           fingerprint=f"f{inp.turn}")  # fmt: skip
+            return TurnResult(agent=inp.agent, turn=inp.turn, calls=[call])
+        return answers(inp) if inp.agent != "researcher" else TurnResult(
+            agent=inp.agent, turn=inp.turn, finished=True, output="notes at the limit"
+        )  # fmt: skip
+
+    fakes = FakeAgents(busy)
+    _, result = await run(ts_env, fakes)
+    researcher = [t for t in fakes.turns if t.agent == "researcher"]
+    limit = specs()["researcher"].max_turns
+    assert len(researcher) == limit and researcher[-1].last_turn
+    assert not any(t.last_turn for t in researcher[:-1])
+    assert result.status == "COMPLETED"  # type: ignore[attr-defined]
+    # MAX_TURNS lowers every spec's limit.
+    fakes = FakeAgents(busy)
+    await run(ts_env, fakes, max_turns=2)
+    assert len([t for t in fakes.turns if t.agent == "researcher"]) == 2
+
+
+async def test_a_repeated_identical_call_stops_the_agent_with_a_reason(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    def stuck(inp: TurnInput) -> TurnResult:
+        if inp.agent == "coder":
+            call = CallRef(call_id=f"c{inp.turn}", name="read_file", summary="read_file 'a.py'",
+                           fingerprint="same")  # fmt: skip
+            return TurnResult(agent=inp.agent, turn=inp.turn, calls=[call])
+        return answers(inp)
+
+    fakes = FakeAgents(stuck)
+    _, result = await run(ts_env, fakes)
+    coder = [e for e in fakes.log if e.startswith("coder:")]
+    assert coder.count("coder:read_file") == TOOL_REPEAT_LIMIT - 1 and coder[-1] == "coder:finish"
+    [stop] = [f for f in fakes.finishes if f.agent == "coder"]
+    assert stop.stop_reason and "same call (read_file 'a.py') 3 times" in stop.stop_reason
+    assert result.status == "COMPLETED"  # type: ignore[attr-defined]
 
 
 async def test_failed_agent_fails_the_run_and_names_the_agent(ts_env: WorkflowEnvironment) -> None:
     fakes = FakeAgents(fail="executor")
-    worker, run_id, queue = await _start(ts_env, fakes)
-    async with worker:
+    queue = f"wf-{uuid.uuid4().hex[:8]}"
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        ts_env.client, task_queue=queue, workflows=[AgentPipelineWorkflow],
+        activities=fakes.activities(),  # type: ignore[arg-type]
+    ):  # fmt: skip
         with pytest.raises(WorkflowFailureError) as info:
             await ts_env.client.execute_workflow(
-                AgentPipelineWorkflow.run,
-                PipelineInput(run_id=run_id, query="q"),
-                id=run_id,
+                AgentPipelineWorkflow.run, PipelineInput(run_id=run_id, query="q"), id=run_id,
                 task_queue=queue,
-            )
+            )  # fmt: skip
         progress = await ts_env.client.get_workflow_handle(run_id).query(
             AgentPipelineWorkflow.progress
         )
     assert "executor failed" in str(info.value.cause)
     assert "GROQ_API_KEY rejected (401)" in str(info.value.cause)
-    assert [c.agent for c in fakes.calls] == ["researcher", "planner", "executor"]  # not retried
+    assert [t.agent for t in fakes.turns].count("executor") == 1  # not retried
     final = fakes.updates[-1]
     assert final.status == "FAILED" and final.failed_agent == "executor"
     assert progress.status == "FAILED"
     assert [s.status for s in progress.steps] == [
-        "COMPLETED",
-        "COMPLETED",
-        "FAILED",
-        "PENDING",
-        "PENDING",
-    ]
+        "COMPLETED", "COMPLETED", "FAILED", "PENDING", "PENDING",
+    ]  # fmt: skip
 
 
 async def test_cancel_keeps_partial_results(ts_env: WorkflowEnvironment) -> None:
     fakes = FakeAgents(block="coder")
-    worker, run_id, queue = await _start(ts_env, fakes)
-    async with worker:
+    queue = f"wf-{uuid.uuid4().hex[:8]}"
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        ts_env.client, task_queue=queue, workflows=[AgentPipelineWorkflow],
+        activities=fakes.activities(),  # type: ignore[arg-type]
+    ):  # fmt: skip
         handle = await ts_env.client.start_workflow(
-            AgentPipelineWorkflow.run,
-            PipelineInput(run_id=run_id, query="q"),
-            id=run_id,
+            AgentPipelineWorkflow.run, PipelineInput(run_id=run_id, query="q"), id=run_id,
             task_queue=queue,
-        )
+        )  # fmt: skip
         await assert_eventually(fakes.blocked.is_set)
+        await handle.signal(AgentPipelineWorkflow.note_cancel, {"by": "ops (k1)"})  # type: ignore[arg-type]
         await handle.cancel()
         with pytest.raises(WorkflowFailureError) as info:
             await handle.result()
@@ -144,11 +220,10 @@ async def test_cancel_keeps_partial_results(ts_env: WorkflowEnvironment) -> None
     assert isinstance(info.value.cause, CancelledError)
     assert progress.status == "CANCELLED"
     assert [s.status for s in progress.steps] == [
-        "COMPLETED",
-        "COMPLETED",
-        "COMPLETED",
-        "CANCELLED",
-        "PENDING",
-    ]
+        "COMPLETED", "COMPLETED", "COMPLETED", "CANCELLED", "PENDING",
+    ]  # fmt: skip
     assert progress.steps[2].output == "out-executor"
-    assert fakes.updates[-1].status == "CANCELLED" and fakes.updates[-1].cancelled_agent == "coder"
+    final = fakes.updates[-1]
+    assert final.status == "CANCELLED" and final.cancelled_agent == "coder"
+    assert final.error == "cancelled by ops (k1)"
+    assert AGENTS[-1] == "finalizer"

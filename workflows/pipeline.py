@@ -1,9 +1,16 @@
-"""`AgentPipelineWorkflow`: Researcher → Planner → Executor → Coder → Finalizer, durably.
+"""`AgentPipelineWorkflow`: Researcher → Planner → Executor → Coder → Finalizer, each a durable
+tool-calling loop. Deterministic workflow code only: every side effect is an activity.
 
-Deterministic workflow code only: every side effect is an activity. Temporal records each
-activity's result, so after a worker crash the workflow replays to the step it was in and only
-that step runs again. The names pinned here (workflow, activities, query) are stored in histories:
-change them only with a versioning plan.
+Each agent's loop lives here: a model turn (an activity), then each tool call it asked for (an
+activity each), then the next turn — until the agent answers, reaches its `max_turns`, repeats
+an identical tool call `TOOL_REPEAT_LIMIT` times, or the budget says no. Temporal records every
+turn and tool call, so after a crash the workflow replays to the one in flight and only that one
+runs again; that activity then finds its own checkpoint in the app database when its work was
+already done. Outputs travel by reference (rows); the history carries previews.
+
+The names pinned here (workflow, activities, query, update, signal) are stored in histories:
+change them only with a versioning plan. Runs recorded before agents had tools take the
+`workflows/legacy.py` path (no `agent-loop` patch marker in their history).
 """
 
 from __future__ import annotations
@@ -18,7 +25,16 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities.agents import AgentActivities, AgentInput, AgentResult, RunUpdate
+    from activities.agents import (
+        AgentActivities,
+        CallRef,
+        FinishInput,
+        RunUpdate,
+        ToolInput,
+        TurnInput,
+        TurnResult,
+    )
+    from activities.specs import specs
     from records.pipeline import (
         BudgetRaise,
         BudgetState,
@@ -30,31 +46,16 @@ with workflow.unsafe.imports_passed_through():
         StepRetry,
         StepSummary,
     )
-    from records.statuses import TERMINAL as TERMINAL_STATUSES
+    from records.statuses import AGENTS, TERMINAL
+    from workflows import legacy
 
-__all__ = ["AGENT_ORDER", "AgentPipelineWorkflow", "PipelineInput", "PipelineResult", "StepRetry"]
-
-AGENT_ORDER: tuple[str, ...] = ("researcher", "planner", "executor", "coder", "finalizer")
-STEP_SUMMARIES = {
-    "researcher": "researcher: decide on and run a web search, write research notes",
-    "planner": "planner: turn the request and research into a step-by-step plan",
-    "executor": "executor: validate the plan, write architecture notes",
-    "coder": "coder: write the artifacts (files) for the plan",
-    "finalizer": "finalizer: write the user-facing answer",
-}
-_METHODS = {
-    "researcher": AgentActivities.research,
-    "planner": AgentActivities.plan,
-    "executor": AgentActivities.execute,
-    "coder": AgentActivities.code,
-    "finalizer": AgentActivities.finalize,
-}
+__all__ = ["AgentPipelineWorkflow", "PipelineInput", "PipelineResult", "StepRetry"]
 
 # Named policies. LLM calls can be slow, so start-to-close is generous; the heartbeat timeout is
 # what detects a dead worker quickly. Retries are bounded: Temporal's default is unlimited.
 LLM_START_TO_CLOSE = timedelta(minutes=5)
 LLM_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
-LLM_STEP_TIMEOUT = timedelta(minutes=30)  # all attempts of one step, waits included
+LLM_STEP_TIMEOUT = timedelta(minutes=30)  # all attempts of one turn, waits included
 LLM_RETRY = RetryPolicy(
     # The interval fields are a fallback: our activities set `next_retry_delay` themselves
     # (full-jitter backoff, Retry-After, breaker open period).
@@ -67,23 +68,28 @@ LLM_RETRY = RetryPolicy(
         "LLMBadRequest",
         "ConfigurationError",
         "BudgetExceeded",
+        "ToolCallMissing",
     ],
+)
+# A tool call: a search, a page, a file (the sandbox's commands bring their own limits).
+TOOL_START_TO_CLOSE = timedelta(minutes=5)
+TOOL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+    non_retryable_error_types=["ToolCallMissing"],
 )
 BOOKKEEPING_START_TO_CLOSE = timedelta(seconds=30)
 BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20)
-# Patch id (stored in histories): run-status writes became local activities. Runs recorded
-# before it replay their regular record_run activities; remove the old branch only once no such
-# run is open or kept for replay (tests/histories/pipeline_*_v1.json).
-RECORD_RUN_LOCALLY = "record-run-local-activity"
-# Patch id: a run's RUNNING and COMPLETED statuses ride on its first and last steps' own
-# database writes instead of two record_run calls (measured: 7 ms of worker and 5 ms of server
-# CPU per run). Other statuses (failed, cancelled, budget) are still recorded by the workflow.
-# Runs recorded before it replay their record_run calls (tests/histories/*_v2.json).
-STATUS_IN_STEPS = "status-in-steps"
+# Patch id (stored in histories): agents became tool-calling loops (turn and tool activities).
+# Runs recorded before it take workflows/legacy.py (tests/histories/pipeline_*.json).
+AGENT_LOOP = "agent-loop"
 # Patch id: a raised budget is written to the run's row by the workflow (its one writer), no
 # longer by the API after the update returned.
 BUDGET_RECORDED_BY_WORKFLOW = "budget-recorded-by-workflow"
 BUDGET_WARNINGS = (50, 80, 100)  # percent of budget: one structured warning each
+# The same tool call (same tool, same arguments) this many times in one agent's loop stops it.
+TOOL_REPEAT_LIMIT = 3
 
 
 class _BudgetStop(Exception):
@@ -97,14 +103,6 @@ def _budget_refusal(err: ActivityError) -> ApplicationError | None:
     if isinstance(cause, ApplicationError) and cause.type == "BudgetExceeded":
         return cause
     return None
-
-
-def _summary(result: AgentResult) -> StepSummary:
-    return StepSummary(
-        agent=result.agent, model=result.model, prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens, attempt=result.attempt,
-        cost_usd=result.cost_usd,
-    )  # fmt: skip
 
 
 def _failure_message(err: BaseException) -> str:
@@ -128,14 +126,18 @@ class AgentPipelineWorkflow:
         self._run_id = inp.run_id
         self._status = "RUNNING"
         self._current: str | None = None
-        self._steps = {agent: StepProgress(agent=agent) for agent in AGENT_ORDER}
+        self._steps = {agent: StepProgress(agent=agent) for agent in AGENTS}
         self._final_answer: str | None = None
         self._error: str | None = None
         self._budget: Decimal | None = inp.budget_usd
         self._spent = Decimal(0)
         self._warned: set[int] = set()
-        self._in_steps = False
         self._cancelled_by: str | None = None
+        self._legacy = False
+        self._legacy_in_steps = False
+        self._summaries: list[StepSummary] = []
+        self._artifacts: list[str] = []
+        self._scripted = False
 
     @workflow.update(name="raise_budget")
     async def raise_budget(self, req: BudgetRaise) -> BudgetState:
@@ -149,17 +151,17 @@ class AgentPipelineWorkflow:
             )
         return BudgetState(budget_usd=self._budget, spent_usd=self._spent)
 
+    @raise_budget.validator
+    def _check_raise(self, req: BudgetRaise) -> None:
+        if self._status in TERMINAL:
+            raise ValueError(f"run already ended with status {self._status}")
+        if self._budget is not None and req.budget_usd <= self._budget:
+            raise ValueError(f"new budget must be above the current {self._budget} USD")
+
     @workflow.signal(name="note_cancel")
     def note_cancel(self, note: CancelNote) -> None:
         """Who asked to cancel: sent just before Temporal's cancel request, recorded with it."""
         self._cancelled_by = note.by
-
-    @raise_budget.validator
-    def _check_raise(self, req: BudgetRaise) -> None:
-        if self._status in TERMINAL_STATUSES:
-            raise ValueError(f"run already ended with status {self._status}")
-        if self._budget is not None and req.budget_usd <= self._budget:
-            raise ValueError(f"new budget must be above the current {self._budget} USD")
 
     @workflow.query(name="progress")
     def progress(self) -> Progress:
@@ -176,17 +178,15 @@ class AgentPipelineWorkflow:
 
     @workflow.run
     async def run(self, inp: PipelineInput) -> PipelineResult:
-        self._in_steps = workflow.patched(STATUS_IN_STEPS)
-        if not self._in_steps:
-            await self._record(RunUpdate(run_id=inp.run_id, status="RUNNING", query=inp.query))
-        results: list[AgentResult] = []
+        self._legacy = not workflow.patched(AGENT_LOOP)
         try:
-            # Each step reads the earlier steps' outputs from their rows (activities/store.py):
-            # the history carries the answer, not every output again and again.
-            for agent in AGENT_ORDER:
-                results.append(await self._run_step(agent, inp))
+            if self._legacy:
+                await legacy.run_steps(self, inp)
+            else:
+                for agent in AGENTS:
+                    await self._agent(agent, inp)
         except _BudgetStop as stop:
-            return await self._on_budget_stop(stop, results)
+            return await self._on_budget_stop(stop)
         except (ActivityError, asyncio.CancelledError) as err:
             if is_cancelled_exception(err):
                 await self._on_cancel()
@@ -195,91 +195,150 @@ class AgentPipelineWorkflow:
             raise ApplicationError(
                 f"{self._current} failed: {self._error}", type="AgentFailed", non_retryable=True
             ) from err
-        self._final_answer = results[-1].output
         self._status = "COMPLETED"
         self._current = None
-        if not self._in_steps:  # else the finalizer wrote it with its answer
+        if self._legacy and not self._legacy_in_steps:
             await self._record(
                 RunUpdate(run_id=inp.run_id, status="COMPLETED", final_answer=self._final_answer)
             )
-        return self._result(results)
+        return self._result()
 
-    def _result(self, results: list[AgentResult]) -> PipelineResult:
+    def _result(self) -> PipelineResult:
         """The run's result so far: complete, or partial when stopped for budget."""
         return PipelineResult(
             run_id=self._run_id,
             status=self._status,
             final_answer=self._final_answer or "",
-            steps=[_summary(r) for r in results],
-            artifacts=next((r.artifacts for r in results if r.agent == "coder"), []),
-            scripted=any(r.scripted for r in results),
+            steps=self._summaries,
+            artifacts=self._artifacts,
+            scripted=self._scripted,
             spent_usd=self._spent,
         )
 
     def _left(self) -> Decimal | None:
         return None if self._budget is None else self._budget - self._spent
 
-    async def _run_step(self, agent: str, inp: PipelineInput) -> AgentResult:
+    # ---- one agent: its loop -------------------------------------------------------------------
+    async def _agent(self, agent: str, inp: PipelineInput) -> None:
+        spec = specs()[agent]
+        max_turns = min(spec.max_turns, inp.max_turns) if inp.max_turns else spec.max_turns
         self._current = agent
         step = self._steps[agent]
         step.status = "RUNNING"
-        while True:
-            try:
-                result = await self._execute(agent, inp)
+        usage = StepSummary(agent=agent)
+        seen: dict[str, int] = {}
+        stop: str | None = None
+        for turn in range(1, max_turns + 1):
+            result = await self._turn(agent, inp, turn, last=turn == max_turns)
+            self._count(usage, result)
+            if result.finished:
+                return self._finished(agent, usage, result.output)
+            for call in result.calls:
+                seen[call.fingerprint] = seen.get(call.fingerprint, 0) + 1
+                if seen[call.fingerprint] >= TOOL_REPEAT_LIMIT and not call.call_id.startswith(
+                    "file-"
+                ):
+                    stop = (
+                        f"stopped: it made the same call ({call.summary}) "
+                        f"{seen[call.fingerprint]} times"
+                    )
+                    break
+                await self._tool(agent, inp, turn, call)
+            if stop or result.then_finish:
                 break
-            except ActivityError as err:
-                refusal = _budget_refusal(err)
-                if refusal is None:
-                    raise
-                # What the refused step's earlier attempts cost is in the refusal's details.
-                details = refusal.details[0] if refusal.details else {}
-                self._spent += Decimal(str(details.get("step_spent_usd", "0")))
-                if inp.on_budget_exhausted != "wait":
-                    raise _BudgetStop(agent, refusal.message) from err
-                await self._wait_for_budget(agent, refusal.message)
+        else:
+            stop = f"stopped after {max_turns} turns without a final answer (max_turns)"
+        finished = await workflow.execute_local_activity_method(
+            AgentActivities.finish,
+            FinishInput(
+                run_id=inp.run_id, agent=agent, stop_reason=stop,
+                run_status="COMPLETED" if agent == AGENTS[-1] else None,
+            ),
+            start_to_close_timeout=BOOKKEEPING_START_TO_CLOSE,
+            retry_policy=BOOKKEEPING_RETRY,
+            summary=f"{agent}: {stop or 'close the step'}",
+        )  # fmt: skip
+        if stop:
+            workflow.logger.warning("agent.stopped", extra={"run_id": inp.run_id, "agent": agent,
+                                                             "reason": stop})  # fmt: skip
+        self._finished(agent, usage, finished.output)
+
+    def _count(self, usage: StepSummary, result: TurnResult) -> None:
         self._spent += result.cost_usd
         self._warn_budget()
-        step.status = "COMPLETED"
-        step.output = result.output
-        step.model = result.model
-        step.prompt_tokens = result.prompt_tokens
-        step.completion_tokens = result.completion_tokens
-        step.attempt = result.attempt
-        step.cost_usd = result.cost_usd
-        return result
+        usage.model = result.model or usage.model
+        usage.prompt_tokens = (usage.prompt_tokens or 0) + (result.prompt_tokens or 0)
+        usage.completion_tokens = (usage.completion_tokens or 0) + (result.completion_tokens or 0)
+        usage.attempt = max(usage.attempt, result.attempt)
+        usage.cost_usd += result.cost_usd
+        self._scripted = self._scripted or result.scripted
+        step = self._steps[usage.agent]
+        step.model, step.attempt, step.cost_usd = usage.model, usage.attempt, usage.cost_usd
+        step.prompt_tokens, step.completion_tokens = usage.prompt_tokens, usage.completion_tokens
 
-    async def _execute(self, agent: str, inp: PipelineInput) -> AgentResult:
-        return await workflow.execute_activity_method(  # type: ignore[no-any-return]
-            _METHODS[agent],
-            AgentInput(
-                run_id=inp.run_id,
-                query=inp.query,
-                agent=agent,
-                dry_run=inp.dry_run,
-                budget_left_usd=self._left(),
-                shadow_of=inp.shadow_of,
-                run_status=self._run_status(agent),
+    def _finished(self, agent: str, usage: StepSummary, output: str) -> None:
+        step = self._steps[agent]
+        step.status, step.output = "COMPLETED", output
+        self._summaries.append(usage)
+        if agent == AGENTS[-1]:
+            self._final_answer = output
+
+    async def _turn(self, agent: str, inp: PipelineInput, turn: int, *, last: bool) -> TurnResult:
+        """One model turn, within the budget: a refusal stops the run or waits for a raise."""
+        first = agent == AGENTS[0] and turn == 1
+        while True:
+            try:
+                return await workflow.execute_activity_method(  # type: ignore[no-any-return]
+                    AgentActivities.turn,
+                    TurnInput(
+                        run_id=inp.run_id, query=inp.query, agent=agent, turn=turn,
+                        dry_run=inp.dry_run, budget_left_usd=self._left(),
+                        shadow_of=inp.shadow_of, last_turn=last,
+                        run_status=(
+                            "RUNNING" if first else "COMPLETED" if agent == AGENTS[-1] else None
+                        ),
+                    ),
+                    start_to_close_timeout=LLM_START_TO_CLOSE,
+                    schedule_to_close_timeout=(
+                        timedelta(seconds=inp.retry.timeout_s) if inp.retry else LLM_STEP_TIMEOUT
+                    ),
+                    heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,
+                    retry_policy=(
+                        dataclasses.replace(LLM_RETRY, maximum_attempts=inp.retry.max_attempts)
+                        if inp.retry else LLM_RETRY
+                    ),
+                    summary=f"{agent} turn {turn}" + (" (last)" if last and turn > 1 else ""),
+                )  # fmt: skip
+            except ActivityError as err:
+                await self._on_budget_refusal(agent, inp, err)
+
+    async def _tool(self, agent: str, inp: PipelineInput, turn: int, call: CallRef) -> None:
+        await workflow.execute_activity_method(
+            AgentActivities.tool,
+            ToolInput(
+                run_id=inp.run_id, agent=agent, turn=turn, call_id=call.call_id,
+                name=call.name, dry_run=inp.dry_run, shadow_of=inp.shadow_of,
             ),
-            start_to_close_timeout=LLM_START_TO_CLOSE,
-            schedule_to_close_timeout=(
-                timedelta(seconds=inp.retry.timeout_s) if inp.retry else LLM_STEP_TIMEOUT
-            ),
+            start_to_close_timeout=TOOL_START_TO_CLOSE,
             heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,
-            retry_policy=(
-                dataclasses.replace(LLM_RETRY, maximum_attempts=inp.retry.max_attempts)
-                if inp.retry
-                else LLM_RETRY
-            ),
-            summary=STEP_SUMMARIES[agent],
-        )
+            retry_policy=TOOL_RETRY,
+            summary=f"{agent} ▸ {call.summary}"[:200],
+        )  # fmt: skip
 
-    def _run_status(self, agent: str) -> str | None:
-        """The run status this step writes itself (STATUS_IN_STEPS): the first step RUNNING,
-        the last COMPLETED."""
-        if not self._in_steps:
-            return None
-        return {AGENT_ORDER[0]: "RUNNING", AGENT_ORDER[-1]: "COMPLETED"}.get(agent)
+    async def _on_budget_refusal(self, agent: str, inp: PipelineInput, err: ActivityError) -> None:
+        """A step refused for budget: count what its attempts cost, then stop the run or wait
+        for a raise (ON_BUDGET_EXHAUSTED). Any other failure is re-raised."""
+        refusal = _budget_refusal(err)
+        if refusal is None:
+            raise err
+        # What the refused step's earlier attempts cost is in the refusal's details.
+        details = refusal.details[0] if refusal.details else {}
+        self._spent += Decimal(str(details.get("step_spent_usd", "0")))
+        if inp.on_budget_exhausted != "wait":
+            raise _BudgetStop(agent, refusal.message) from err
+        await self._wait_for_budget(agent, refusal.message)
 
+    # ---- the run's status ---------------------------------------------------------------------
     async def _wait_for_budget(self, agent: str, reason: str) -> None:
         self._status = "WAITING_FOR_BUDGET"
         self._error = reason
@@ -310,16 +369,14 @@ class AgentPipelineWorkflow:
                     },
                 )
 
-    async def _on_budget_stop(
-        self, stop: _BudgetStop, results: list[AgentResult]
-    ) -> PipelineResult:
+    async def _on_budget_stop(self, stop: _BudgetStop) -> PipelineResult:
         self._status = "BUDGET_EXCEEDED"
         self._steps[stop.agent].status = "BUDGET_EXCEEDED"
         self._error = (
             f"stopped before {stop.agent}: spent {self._spent} of {self._budget} USD; {stop}"
         )
         await self._record(RunUpdate(run_id=self._run_id, status=self._status, error=self._error))
-        return self._result(results)
+        return self._result()
 
     async def _on_failure(self, err: BaseException) -> None:
         self._error = _failure_message(err)
@@ -351,9 +408,10 @@ class AgentPipelineWorkflow:
 
     async def _record(self, update: RunUpdate) -> None:
         summary = f"record run status {update.status}"
-        if workflow.patched(RECORD_RUN_LOCALLY):
-            # A local activity runs in the worker that holds the workflow task: no round trip
-            # through the server, no extra workflow task (see README "Performance").
+        # A local activity runs in the worker that holds the workflow task: no round trip
+        # through the server, no extra workflow task. Runs of the old shape recorded before
+        # that replay their regular activities (tests/histories/pipeline_*_v1.json).
+        if not self._legacy or workflow.patched(legacy.RECORD_RUN_LOCALLY):
             await workflow.execute_local_activity_method(
                 AgentActivities.record_run,
                 update,
@@ -362,7 +420,6 @@ class AgentPipelineWorkflow:
                 summary=summary,
             )
             return
-        # Runs started before RECORD_RUN_LOCALLY replay this branch.
         await workflow.execute_activity_method(
             AgentActivities.record_run,
             update,

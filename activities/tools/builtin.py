@@ -1,23 +1,53 @@
-"""The built-in tools, wired to this worker's resources."""
+"""The built-in tools, wired to this worker's resources: `web_search`, `fetch_url`, `write_file`,
+`read_file`, `list_files`. Which agent may call which is its spec's business
+(`activities/agents.yaml`), not this file's.
+
+Keep each `ToolSpec(...)`'s name, `side_effects` and `description` literal: a version snapshot
+lists the tools from this source (`crewline version show`), so a change of a tool's side effects
+shows in `crewline version diff`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
+from pydantic import Field
 from sqlalchemy import Engine
 
-from activities.tools import ToolContext, ToolRegistry, ToolSpec
-from activities.tools.files import write_artifact
-from activities.tools.search import DdgsBackend, SearchBackend, SearchOutcome, web_search
+from activities import research
+from activities.tools import ToolContext, ToolError, ToolOutput, ToolRegistry, ToolSpec
+from activities.tools.files import (
+    UnsafePathError,
+    list_artifacts,
+    read_artifact,
+    safe_relative_path,
+    write_artifact,
+)
+from activities.tools.search import DdgsBackend, SearchBackend, search_output, web_search
+from activities.tools.web import FetchPolicy, fetch, page_output
 from crewline.db import DbRunner
 from crewline.settings import Settings
 from crewline.telemetry import Tracing
 from records import runs as store
 
+Path_ = Annotated[
+    str, Field(description="a relative path inside the run's workspace, e.g. src/game.py")
+]
+
 
 def default_search_backend(settings: Settings) -> SearchBackend | None:
     return DdgsBackend(settings.search_timeout_s) if settings.search_backend == "ddgs" else None
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: Engine
+    db: DbRunner
+    search: SearchBackend | None
+    fetch: FetchPolicy
 
 
 def build_tools(
@@ -27,34 +57,119 @@ def build_tools(
     tracing: Tracing | None = None,
     db: DbRunner | None = None,
 ) -> ToolRegistry:
-    run = db or DbRunner(engine)
+    res = Resources(
+        settings, engine, db or DbRunner(engine), search_backend,
+        FetchPolicy(settings.fetch_timeout_s, settings.fetch_max_bytes,
+                    settings.fetch_allow_private),
+    )  # fmt: skip
 
-    async def _record(
+    async def record(
         ctx: ToolContext, tool: str, args: dict[str, Any], summary: str, seq: int
     ) -> None:
-        await run(store.record_intent, ctx.run_id, ctx.agent, seq, tool, summary, args)
+        await res.db(store.record_intent, ctx.run_id, ctx.agent, seq, tool, summary, args)
 
-    registry = ToolRegistry(recorder=_record, tracing=tracing)
+    registry = ToolRegistry(recorder=record, tracing=tracing)
 
-    async def _search(ctx: ToolContext, query: str) -> SearchOutcome:
-        return await web_search(search_backend, query, settings.search_max_results)
+    async def search(
+        ctx: ToolContext,
+        query: Annotated[str, Field(min_length=1, max_length=400, description="what to look up")],
+    ) -> ToolOutput:
+        if ctx.shadow_of is not None:  # a shadow sees the web its primary saw
+            return await research.replayed_search(res.engine, ctx.shadow_of, query)
+        found = await web_search(res.search, query, res.settings.search_max_results)
+        return search_output(query, found)
 
-    async def _write_file(ctx: ToolContext, path: str, content: str) -> str:
-        root = settings.artifacts_dir / ctx.run_id
-        rel, size, digest = await asyncio.to_thread(write_artifact, root, path, content)
-        await run(store.record_artifact, ctx.run_id, rel, size, digest)
-        return rel
+    async def fetch_url(
+        ctx: ToolContext,
+        url: Annotated[str, Field(max_length=2000, description="an http(s) URL to read")],
+    ) -> ToolOutput:
+        if ctx.shadow_of is not None:
+            return await research.replayed_fetch(res.engine, ctx.shadow_of, url)
+        final, _kind, text = await fetch(url, res.fetch)
+        return page_output(final, text)
+
+    async def write_file(
+        ctx: ToolContext,
+        path: Path_,
+        content: Annotated[str, Field(description="the whole file")],
+    ) -> ToolOutput:
+        root = res.settings.artifacts_dir / ctx.run_id
+        try:
+            rel, size, digest = await asyncio.to_thread(write_artifact, root, path, content)
+        except (UnsafePathError, ValueError) as exc:
+            raise ToolError(str(exc)) from None
+        await res.db(store.record_artifact, ctx.run_id, rel, size, digest)
+        return ToolOutput(f"wrote {rel} ({size} bytes)", summary=f"wrote {rel} ({size} bytes)",
+                          data={"path": rel, "bytes": size, "sha256": digest})  # fmt: skip
+
+    async def read_file(ctx: ToolContext, path: Path_) -> ToolOutput:
+        try:
+            rel = str(safe_relative_path(path))
+        except UnsafePathError as exc:
+            raise ToolError(str(exc)) from None
+        if ctx.dry_run:  # the workspace a dry run would have written
+            text = await res.db(store.intended_file, ctx.run_id, rel)
+            if text is None:
+                raise ToolError(f"{rel} does not exist (dry run: nothing was written to it)")
+        else:
+            root = res.settings.artifacts_dir / ctx.run_id
+            try:
+                text = await asyncio.to_thread(read_artifact, root, rel)
+            except FileNotFoundError:
+                raise ToolError(f"{rel} does not exist") from None
+        return ToolOutput(text, summary=f"read {rel} ({len(text)} characters)",
+                          data={"path": rel})  # fmt: skip
+
+    async def list_files(ctx: ToolContext) -> ToolOutput:
+        if ctx.dry_run:
+            listed = await res.db(store.intended_files, ctx.run_id)
+        else:
+            root = res.settings.artifacts_dir / ctx.run_id
+            listed = await asyncio.to_thread(list_artifacts, root)
+        if not listed:
+            return ToolOutput("the workspace is empty", summary="no files")
+        lines = "\n".join(f"{p}  ({n} bytes)" for p, n in listed)
+        return ToolOutput(lines, summary=f"{len(listed)} file(s)")
 
     registry.register(
-        ToolSpec("web_search", side_effects=False, description="DuckDuckGo web search", fn=_search)
+        ToolSpec(
+            "web_search",
+            side_effects=False,
+            description="Search the web (DuckDuckGo): titles, URLs and snippets of the top results",
+            fn=search,
+        )
+    )
+    registry.register(
+        ToolSpec(
+            "fetch_url",
+            side_effects=False,
+            description="Read a public web page: its main text (HTML turned into readable text)",
+            fn=fetch_url,
+        )
     )
     registry.register(
         ToolSpec(
             "write_file",
             side_effects=True,
-            description="write one artifact file under the run's directory",
-            fn=_write_file,
+            description="Write a file in the run's workspace (the whole content; replaces it)",
+            fn=write_file,
             describe=lambda a: f"would write {a['path']} ({len(a['content'].encode())} bytes)",
+        )
+    )
+    registry.register(
+        ToolSpec(
+            "read_file",
+            side_effects=False,
+            description="Read a file from the run's workspace",
+            fn=read_file,
+        )
+    )
+    registry.register(
+        ToolSpec(
+            "list_files",
+            side_effects=False,
+            description="List the files in the run's workspace",
+            fn=list_files,
         )
     )
     return registry

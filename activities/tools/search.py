@@ -1,7 +1,9 @@
-"""Web search for the Researcher: DuckDuckGo through `ddgs`, or a fake backend in tests.
+"""Web search for the Researcher (`web_search`): DuckDuckGo through `ddgs`, or a fake backend in
+tests.
 
 Search never fails a run: an unreachable or failing backend gives an empty result with a
-recorded reason, and the Researcher carries on without research.
+recorded reason, which the model reads ("no results: …: why"), and the Researcher carries on
+without research. The error text is summarised, never pasted whole into a prompt.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import asyncio
 from typing import Protocol
 
 from pydantic import BaseModel
+
+from activities.tools import ToolOutput
 
 
 class SearchHit(BaseModel):
@@ -60,8 +64,24 @@ async def web_search(backend: SearchBackend | None, query: str, max_results: int
     try:
         hits = await backend.search(query, max_results)
     except Exception as exc:  # any failure degrades to "no research", never fails the run
-        reason = f"{backend.name} search unavailable: {type(exc).__name__}: {str(exc)[:200]}"
+        reason = f"{backend.name} search unavailable ({type(exc).__name__})"
         return SearchOutcome(skipped_reason=reason)
     if not hits:
         return SearchOutcome(skipped_reason=f"{backend.name} search returned no results")
     return SearchOutcome(hits=hits)
+
+
+def search_output(query: str, found: SearchOutcome) -> ToolOutput:
+    """What the model reads of a search: numbered results, or that there are none and why."""
+    data = found.model_dump()
+    if not found.hits:
+        why = found.skipped_reason or "no results"
+        return ToolOutput(f"no results for {query!r}: {why}", summary=f"no results ({why})",
+                          data=data)  # fmt: skip
+    lines = [
+        f"{n}. {hit.title}\n   {hit.url}\n   {hit.snippet}" for n, hit in enumerate(found.hits, 1)
+    ]
+    return ToolOutput(
+        f"Results for {query!r}:\n" + "\n".join(lines),
+        summary=f"{len(found.hits)} results", data=data,
+    )  # fmt: skip
