@@ -307,7 +307,7 @@ class AgentActivities:
         step = dict(
             position=AGENTS.index(inp.agent), status=StepStatus.RUNNING.value,
             attempt=activity.info().attempt, model=ask.model, provider=self._llm.name,
-            error=None, version=self._version, finished_at=None, turns=inp.turn,
+            error=None, version=self._version, finished_at=None, turn_count=inp.turn,
         )  # fmt: skip
         if inp.turn == 1:
             step["started_at"] = utcnow()

@@ -40,7 +40,12 @@ def _step_line(step: dict[str, Any]) -> str:
     if step.get("prompt_tokens") is not None:
         tokens = f"  {step['prompt_tokens']}→{step['completion_tokens']} tokens"
     attempt = f"  attempt {step['attempt']}" if step.get("attempt", 1) > 1 else ""
+    turns = len(step.get("turns") or [])
+    if turns > 1:
+        attempt += f"  {turns} turns"
     extra = f"  {step['error']}" if step.get("error") else ""
+    if status == "COMPLETED" and step.get("notes"):
+        extra += f"  ({step['notes'][:160]})"
     model = f"  [{step['model']}]" if step.get("model") else ""
     if step.get("cost_usd") is not None:
         tokens += f"  ${Decimal(step['cost_usd']):.6f}"
@@ -57,9 +62,30 @@ def _trace(run: dict[str, Any]) -> str:
 
 
 def _spend(run: dict[str, Any]) -> str:
-    spent = sum((Decimal(s["cost_usd"]) for s in run["steps"] if s.get("cost_usd")), Decimal(0))
+    """What the run spent — the API's figure (its settled ledger rows), the one the dashboard
+    and `crewline costs` show too — and its budget."""
+    spent = Decimal(run.get("spent_usd") or 0)
     budget = f" of ${Decimal(run['budget_usd']).normalize():f}" if run.get("budget_usd") else ""
     return f"${spent:.6f}{budget}"
+
+
+def _call_line(agent: str, call: dict[str, Any]) -> str:
+    """A tool call as the live view shows it: `researcher ▸ web_search 'stripe' → 8 results`."""
+    mark = "▸" if call.get("ok") is not False else "✗"
+    outcome = f" → {call['result']}" if call.get("result") else ""
+    took = f"  ({call['duration_ms'] / 1000:.1f}s)" if call.get("duration_ms") else ""
+    return f"    {agent:<10} {mark} {call['summary']}{outcome}{took}"
+
+
+def _tool_calls(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every finished tool call of the run, in order: (agent, call)."""
+    return [
+        (step["agent"], call)
+        for step in run["steps"]
+        for turn in step.get("turns", [])
+        for call in turn.get("tool_calls", [])
+        if call.get("status") == "COMPLETED"
+    ]
 
 
 class _Lines:
@@ -89,12 +115,17 @@ class _Lines:
 def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
     lines = _Lines()
     seen: dict[str, tuple[str, int]] = {}
+    shown_calls: set[str] = set()
     since: dict[str, float] = {}  # when this CLI first saw each step working
     status = ""
     started = time.monotonic()
     while True:
         run = request(settings, "GET", f"/runs/{run_id}")
         working = None
+        for agent, call in _tool_calls(run):
+            if call["call_id"] not in shown_calls:
+                shown_calls.add(call["call_id"])
+                lines.say(_call_line(agent, call))
         for step in run["steps"]:
             key = (step["status"], step["attempt"])
             if step["status"] == "RUNNING":
@@ -192,6 +223,11 @@ def status(run_id: str) -> None:
         typer.echo(f"  {_trace(found)}")
     for step in found["steps"]:
         typer.echo(_step_line(step))
+        for turn in step.get("turns", []):
+            for call in turn.get("tool_calls", []):
+                typer.echo(_call_line(step["agent"], call))
+        if step.get("stop_reason"):
+            typer.echo(f"    {step['agent']:<10} ■ {step['stop_reason']}")
     if found["status"] in TERMINAL_STATUSES:
         exit_hard(_print_outcome(settings, found))
     exit_hard(0)

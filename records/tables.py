@@ -67,7 +67,7 @@ class Step(SQLModel, table=True):
     reserved_usd: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 10)))
     # The agent's loop: its model turns so far, and why it stopped if it did not simply answer
     # (max turns, a tool call repeated, the budget).
-    turns: int | None = None
+    turn_count: int | None = None
     stop_reason: str | None = None
     # The Executor's acceptance checks, and the Coder's results of running them (JSON).
     checks_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

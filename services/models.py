@@ -133,6 +133,34 @@ class RunAccepted(BaseModel):
     links: RunLinks
 
 
+class ToolCallView(BaseModel):
+    """One tool call of a turn: what it did, in a line, and how it went (not its raw content)."""
+
+    call_id: str
+    name: str
+    summary: str = Field(description="the call in one line, e.g. web_search 'stripe intents'")
+    status: str = Field(description="PENDING (asked for, not run yet) or COMPLETED")
+    ok: bool | None = None
+    result: str | None = Field(default=None, description="its outcome in one line")
+    result_chars: int | None = None
+    duration_ms: int | None = None
+    intent: bool = Field(default=False, description="a dry run recorded what it would have done")
+
+
+class TurnView(BaseModel):
+    """One model turn of an agent's loop."""
+
+    turn: int
+    status: str
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: Usd | None = None
+    attempt: int = 1
+    finish_reason: str | None = None
+    tool_calls: list[ToolCallView] = []
+
+
 class StepOut(BaseModel):
     agent: str
     status: str
@@ -148,6 +176,11 @@ class StepOut(BaseModel):
     cost_usd: Usd | None
     started_at: datetime | None
     finished_at: datetime | None
+    turns: list[TurnView] = Field(default=[], description="its loop: model turns and tool calls")
+    stop_reason: str | None = Field(
+        default=None, description="why its loop ended without it simply answering"
+    )
+    checks: Any = Field(default=None, description="acceptance checks (Executor) or results (Coder)")
 
 
 class IntentOut(BaseModel):

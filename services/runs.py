@@ -72,6 +72,8 @@ from services.models import (
     RunPage,
     ShadowOut,
     StepOut,
+    ToolCallView,
+    TurnView,
 )
 from versioning import deployment, shadow
 from workflows.pipeline import AgentPipelineWorkflow
@@ -334,12 +336,51 @@ def _intent_out(run_id: str, intent: Intent) -> IntentOut:
     )  # fmt: skip
 
 
+def _describe(name: str, args_json: str) -> str:
+    try:
+        args = json.loads(args_json)
+    except ValueError:
+        args = {}
+    shown = args.get("query") or args.get("url") or args.get("path") or args.get("command")
+    return name if shown is None else f"{name} {str(shown).replace(chr(10), ' ')[:80]!r}"
+
+
+def _steps(engine: Engine, run_id: str) -> list[StepOut]:
+    """The run's steps, each with its turns and their tool calls."""
+    turns, calls = records.turns_of(engine, run_id)
+    by_turn: dict[tuple[str, int], list[ToolCallView]] = {}
+    for c in calls:
+        by_turn.setdefault((c.agent, c.turn), []).append(
+            ToolCallView(
+                call_id=c.call_id, name=c.name, summary=_describe(c.name, c.args_json),
+                status=c.status, ok=c.ok, result=c.summary,
+                result_chars=len(c.result) if c.result is not None else None,
+                duration_ms=c.duration_ms, intent=c.intent,
+            )
+        )  # fmt: skip
+    views: dict[str, list[TurnView]] = {}
+    for t in turns:
+        views.setdefault(t.agent, []).append(
+            TurnView(
+                turn=t.turn, status=t.status, model=t.model, prompt_tokens=t.prompt_tokens,
+                completion_tokens=t.completion_tokens, cost_usd=t.cost_usd, attempt=t.attempt,
+                finish_reason=t.finish_reason, tool_calls=by_turn.get((t.agent, t.turn), []),
+            )
+        )  # fmt: skip
+    out = []
+    for step in records.steps_of(engine, run_id):
+        view = StepOut.model_validate(step, from_attributes=True)
+        view.turns = views.get(step.agent, [])
+        view.checks = json.loads(step.checks_json) if step.checks_json else None
+        out.append(view)
+    return out
+
+
 def run_detail(engine: Engine, settings: Settings, run: Run) -> RunOut:
     """A run with its steps, artifacts, intents, spend and shadow verdicts."""
     spent = ledger.spent_by_run(engine, [run.run_id]).get(run.run_id, Decimal(0))
     out = _summary(settings, run, spent)
-    steps = records.steps_of(engine, run.run_id)
-    out.steps = [StepOut.model_validate(s, from_attributes=True) for s in steps]
+    out.steps = _steps(engine, run.run_id)
     out.artifacts = _artifacts(engine, run.run_id)
     out.intents = [_intent_out(run.run_id, i) for i in records.intents_of(engine, run.run_id)]
     shadow_run = shadow.shadow_run_of(engine, run.run_id)

@@ -169,7 +169,7 @@ async def test_the_coder_writes_files_through_write_file_and_fixes_an_unsafe_pat
     ]  # fmt: skip
     assert not (settings.data_dir.parent / "etc").exists()
     coder = next(s for s in steps_of(engine, run_id) if s.agent == "coder")
-    assert coder.status == "COMPLETED" and coder.turns == 3 and coder.attempt == 1
+    assert coder.status == "COMPLETED" and coder.turn_count == 3 and coder.attempt == 1
     assert coder.output is not None and coder.output.startswith("Files (3):\n- README.md")
     # Three turns, three billed calls, each one attempt: nothing was retried after a bad path.
     billed = [(c.agent, c.attempt) for c in calls_of(engine, run_id) if c.agent == "coder"]

@@ -8,19 +8,25 @@ from pathlib import Path
 import httpx
 from temporalio.worker import Worker
 
+from activities.tools.search import SearchHit
 from crewline.settings import Settings
 from tests.conftest import AUTH, run_cli
-from tests.fakes import FakeGroq
+from tests.fakes import Call, FakeGroq, FakeSearch, Reply
 
 
 async def test_run_follows_steps_and_prints_answer(
     api_url: str, new_worker: Callable[..., Worker], fake_groq: FakeGroq, tmp_path: Path
 ) -> None:
-    async with new_worker():
+    fake_groq.script("researcher", Reply(calls=[Call("web_search", {"query": "snake rules"})]))
+    hits = [SearchHit(title="Snake", url="https://example.org/snake", snippet="grid game")]
+    async with new_worker(search_backend=FakeSearch(hits)):
         result = await run_cli("run", "Build a snake game", api_url=api_url, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         for agent in ("researcher", "planner", "executor", "coder", "finalizer"):
             assert f"✓ {agent}" in result.stdout
+        # Each tool call as it finishes: what it did and how it went.
+        assert "researcher ▸ web_search 'snake rules' → 1 results" in result.stdout
+        assert "coder      ▸ write_file 'snake.py' → wrote snake.py (15 bytes)" in result.stdout
         assert "100→50 tokens" in result.stdout
         assert "FINAL-ANSWER: run python snake.py" in result.stdout
         assert "snake.py" in result.stdout and "run COMPLETED" in result.stdout
@@ -34,14 +40,15 @@ async def test_run_follows_steps_and_prints_answer(
         assert run_id in listing.stdout
         status = await run_cli("status", run_id, api_url=api_url, cwd=tmp_path)
         assert status.returncode == 0 and run_id in status.stdout
-    assert "$0.000098" in result.stdout  # each step: 100 + 50 tokens at Groq's price, $0.0000985
-    assert "spent $0.000492 of $1" in result.stdout
+    assert "$0.000098" in result.stdout  # each turn: 100 + 50 tokens at Groq's price, $0.0000985
+    # The spend the API, the dashboard and `crewline costs` show: six turns' worth.
+    assert "spent $0.000591 of $1" in result.stdout
     table = await run_cli("costs", "--by", "agent", api_url=api_url, cwd=tmp_path)
     assert table.returncode == 0
     lines = table.stdout.splitlines()
     assert lines[0].split()[:2] == ["agent", "calls"]
     assert any(line.split()[:2] == ["planner", "2"] for line in lines)  # two runs
-    assert lines[-1].split() == ["total", "0.000985"]
+    assert lines[-1].split() == ["total", "0.001084"]  # 11 turns of 0.0000985
     assert "of which estimated" in lines[0] and "0.000000 (0 calls)" in lines[1]
 
 

@@ -104,6 +104,35 @@ async def start_run(
     return go(request, f"/ui/runs/{accepted.run_id}")
 
 
+# The Coder's files shown inline on a run's page (each highlighted), at most.
+INLINE_FILES, INLINE_BYTES = 8, 64_000
+
+
+def _head(path: Path) -> str:
+    return path.read_bytes()[:INLINE_BYTES].decode("utf-8", errors="replace")
+
+
+async def _files(services: Services, v: Viewer, run: Any) -> list[dict[str, Any]]:
+    """The Coder's files as code (the dry run's: what it would have written), highlighted off
+    the event loop; the artifact viewer has the rest."""
+    found: list[tuple[str, str, bool]] = []
+    if run.artifacts:
+        for artifact in run.artifacts[:INLINE_FILES]:
+            where = await services.runs.artifact_file(v.principal, run.run_id, artifact.path)
+            text = await run_in_threadpool(_head, where)
+            found.append((artifact.path, text, False))
+    else:
+        for intent in [i for i in run.intents if i.tool == "write_file"][:INLINE_FILES]:
+            detail = await services.runs.intent(v.principal, run.run_id, intent.id)
+            named, text = str(detail.args.get("path", "?")), str(detail.args.get("content", ""))
+            found.append((named, text[:INLINE_BYTES], True))
+    return [
+        {"path": path, "size": len(text.encode()), "intended": intended,
+         "html": await run_in_threadpool(render.code, text, filename=path)}
+        for path, text, intended in found
+    ]  # fmt: skip
+
+
 async def _detail(services: Services, v: Viewer, run_id: str) -> dict[str, Any]:
     run = await services.runs.detail(v.principal, run_id)
     costs = await services.runs.costs(v.principal, run_id)
@@ -115,6 +144,7 @@ async def _detail(services: Services, v: Viewer, run_id: str) -> dict[str, Any]:
         "costs": costs,
         "done": run.status in TERMINAL,
         "tree": render.file_tree([a.path for a in run.artifacts]),
+        "files": await _files(services, v, run),
     }
 
 
