@@ -14,12 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # System packages the tests use, installed when missing (Debian/Ubuntu, as root): PostgreSQL's
-# server, for the tests that run on both SQLite and PostgreSQL, and Chromium, for the dashboard's
-# browser tests.
+# server, for the tests that run on both SQLite and PostgreSQL; Chromium, for the dashboard's
+# browser tests; bubblewrap, the sandbox the agents' commands run in.
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \

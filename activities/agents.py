@@ -36,7 +36,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import answers
+from activities import answers, checks
 from activities.breaker import BreakerRegistry
 from activities.calls import CallOutcome, MeteredCaller, ModelCall, RunRow
 from activities.heartbeat import heartbeating
@@ -47,9 +47,11 @@ from activities.prompts import render
 from activities.ratelimit import RateLimiter
 from activities.specs import AgentSpec, Output, spec
 from activities.tools import ToolContext, ToolRegistry
+from activities.tools.builtin import workspace_files
 from costs.pricing import Pricer
 from crewline.db import DbRunner, utcnow
 from crewline.metrics import Metrics
+from crewline.sandbox import Sandbox
 from crewline.settings import Settings
 from crewline.telemetry import Tracing
 from records import ledger
@@ -139,6 +141,22 @@ class ToolResult(Compact):
     intent: bool = False
 
 
+class ChecksInput(Compact):
+    run_id: str
+    agent: str
+    round: int  # 1, 2, …
+    rounds: int  # how many the agent may have
+    turn: int  # the turn whose answer is checked (a failure's feedback goes after it)
+    dry_run: bool = False
+
+
+class ChecksResult(Compact):
+    status: str  # passed | failed | not run
+    passed: int = 0
+    total: int = 0
+    retry: bool = False  # failed, with a round left: the agent was told why, it goes on
+
+
 class FinishInput(Compact):
     run_id: str
     agent: str
@@ -178,7 +196,11 @@ def agent_step(fn: Activity) -> Activity:
         if span.is_recording():
             # Named for people: "RunActivity:researcher turn 2", "RunActivity:coder tool
             # write_file" (Temporal's interceptor names it after the activity type only).
-            what = f"turn {inp.turn}" if isinstance(inp, TurnInput) else f"tool {inp.name}"
+            what = (
+                f"turn {inp.turn}" if isinstance(inp, TurnInput)
+                else f"checks round {inp.round}" if isinstance(inp, ChecksInput)
+                else f"tool {inp.name}"
+            )  # fmt: skip
             span.update_name(f"RunActivity:{inp.agent} {what}")
             span.set_attributes(
                 {
@@ -253,10 +275,11 @@ class AgentActivities:
         tracing: Tracing | None = None,
         limiter: RateLimiter | None = None,
         db: DbRunner | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         """`version`: the snapshot id this worker serves (None: unversioned working tree); every
         run, step and ledger row it writes names it. `limiter`: the deployment's shared provider
-        rate limits (None: none configured)."""
+        rate limits (None: none configured). `sandbox`: where acceptance checks run."""
         self._settings = settings
         self._llm = llm
         self._engine = engine
@@ -264,6 +287,7 @@ class AgentActivities:
         self._version = version
         self._metrics = metrics or Metrics()
         self._run = db or DbRunner(engine)
+        self._sandbox = sandbox or Sandbox(settings.sandbox_limits())
         self._caller = MeteredCaller(
             settings,
             llm,
@@ -312,11 +336,15 @@ class AgentActivities:
         if inp.turn == 1:
             step["started_at"] = utcnow()
         decided: list[answers.Decision] = []
+        suffix = ""
+        if agent.output == Output.ANSWER:  # say what was verified, from the record
+            record = await self._write(store.checks_of, inp.run_id, "coder")
+            suffix = checks.footer(record, inp.dry_run)
 
         attempt = activity.info().attempt  # the settle runs in a database thread
 
         def settle(response: LLMResponse, cost: Decimal) -> Callable[[Connection], None]:
-            decision = answers.decide(agent, inp, response, history, self._llm.name)
+            decision = answers.decide(agent, inp, response, history, self._llm.name, suffix)
             decided.append(decision)
             return functools.partial(self._settled, inp, response, cost, attempt, decision)
 
@@ -393,11 +421,16 @@ class AgentActivities:
         context = await self._write(
             store.context_of, inp.run_id, artifacts=agent.output == Output.ANSWER
         )
+        if agent.output == Output.ANSWER:
+            context["checks"] = checks.describe(
+                await self._write(store.checks_of, inp.run_id, "coder")
+            )
         prompt = render(
             agent.prompt, query=inp.query, research=context.get("researcher", ""),
             plan=context.get("planner", ""), architecture=context.get("executor", ""),
             artifacts=context.get("artifacts", "(none)"), checks=context.get("checks", "(none)"),
             dry_run="yes: nothing was written or run for real" if inp.dry_run else "no",
+            sandbox=self._sandbox.check().describe(),
         )  # fmt: skip
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": prompt.system},
@@ -521,6 +554,49 @@ class AgentActivities:
             chars=len(row.result or ""), duration_ms=row.duration_ms or 0, intent=row.intent,
         )  # fmt: skip
 
+    # ---- acceptance checks --------------------------------------------------------------------
+    @activity.defn(name="agent_checks")
+    @agent_step
+    async def acceptance(self, inp: ChecksInput) -> ChecksResult:
+        """One round of the Executor's acceptance checks on the agent's files, in the sandbox.
+        A round already recorded is not run again; a failed round with rounds left tells the
+        agent what failed (feedback after its turn)."""
+        record = await self._write(store.checks_of, inp.run_id, inp.agent) or {"rounds": []}
+        done = next((r for r in record.get("rounds", []) if r["round"] == inp.round), None)
+        if done is None:
+            record = await self._check_round(inp, record)
+            done = next((r for r in record["rounds"] if r["round"] == inp.round), None)
+        if done is None:  # not run, and why
+            return ChecksResult(status=checks.NOT_RUN)
+        passed = sum(1 for r in done["results"] if r["passed"])
+        total = len(done["results"])
+        retry = passed < total and inp.round < inp.rounds
+        if retry:
+            text = checks.feedback(done["results"], inp.round, inp.rounds)
+            await self._write(store.add_feedback, inp.run_id, inp.agent, inp.turn, text)
+        return ChecksResult(
+            status=checks.status_of(record), passed=passed, total=total, retry=retry
+        )
+
+    async def _check_round(self, inp: ChecksInput, record: dict[str, Any]) -> dict[str, Any]:
+        commands = await self._write(store.checks_of, inp.run_id, "executor")
+        available = self._sandbox.check()
+        why = None
+        if not commands:
+            why = "the Executor gave no acceptance checks"
+        elif not available.ok:
+            why = available.describe()
+        if why is not None:
+            record = {"status": checks.NOT_RUN, "why": why, "rounds": []}
+        else:
+            files = await workspace_files(self._settings, self._run, inp.run_id, inp.dry_run)
+            results = await checks.run_round(self._sandbox, list(commands), files)
+            record["rounds"] = [*record.get("rounds", []), {"round": inp.round, "results": results}]
+            record["status"] = checks.PASSED if all(r["passed"] for r in results) else checks.FAILED
+            record["dry_run"] = inp.dry_run
+        await self._write(store.save_checks, inp.run_id, inp.agent, record)
+        return record
+
     # ---- closing a step --------------------------------------------------------------------------
     @activity.defn(name="agent_finish")
     async def finish(self, inp: FinishInput) -> FinishResult:
@@ -571,4 +647,4 @@ class AgentActivities:
 
     def all(self) -> list[object]:
         """Every activity the worker registers (the tests' worker registers the same list)."""
-        return [self.turn, self.tool, self.finish, self.record_run]
+        return [self.turn, self.tool, self.acceptance, self.finish, self.record_run]

@@ -100,8 +100,10 @@ def decide(
     response: LLMResponse,
     history: list[tuple[Turn, list[ToolCall]]],
     provider: str,
+    suffix: str = "",
 ) -> Decision:
-    """What this turn's message means (see the module docstring)."""
+    """What this turn's message means (see the module docstring). `suffix`: appended to a
+    final answer (the Finalizer's: what the checks verified, from their record)."""
     if response.empty:
         return Decision(empty=True)
     if response.tool_calls and not inp.last_turn:
@@ -134,6 +136,7 @@ def decide(
     elif spec.output == Output.STEPS and not _NUMBERED.search(answer):
         notes.append("the plan has no numbered steps")
     decision.notes = "; ".join(notes) or None
+    decision.output += suffix
     return decision
 
 
@@ -147,12 +150,13 @@ def _files(
 ) -> Decision:
     """The Coder's final answer: its files were written with `write_file`; an answer in the old
     text format (or Markdown file blocks) is read tolerantly and its files written by calls the
-    runtime makes, before the step closes."""
+    runtime makes. Either way the step is closed by the workflow, after the acceptance checks
+    (`then_finish`), not by this turn."""
+    decision.finished, decision.then_finish = False, True
     parsed = parse_files(answer, cut_off=cut_off)
     if parsed.truncated:
         notes.append(f"cut off in the middle of {', '.join(parsed.truncated)}: written as is")
     if parsed.files:
-        decision.finished, decision.then_finish = False, True
         decision.calls = [
             PlannedCall(f"file-{inp.turn}-{n}", "write_file", {"path": path, "content": body})
             for n, (path, body) in enumerate(parsed.files.items())

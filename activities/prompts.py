@@ -33,4 +33,6 @@ def _load(agent: str) -> tuple[str, Template]:
 
 def render(agent: str, **values: str) -> Prompt:
     system, template = _load(agent)
-    return Prompt(system=system, user=template.safe_substitute(values))
+    return Prompt(
+        system=Template(system).safe_substitute(values), user=template.safe_substitute(values)
+    )

@@ -77,6 +77,30 @@ def _call_line(agent: str, call: dict[str, Any]) -> str:
     return f"    {agent:<10} {mark} {call['summary']}{outcome}{took}"
 
 
+def _check_rounds(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every finished round of acceptance checks: (agent, round)."""
+    return [
+        (step["agent"], r)
+        for step in run["steps"]
+        if isinstance(step.get("checks"), dict)
+        for r in step["checks"].get("rounds", [])
+    ]
+
+
+def _round_line(agent: str, r: dict[str, Any]) -> str:
+    results = r["results"]
+    passed = sum(1 for x in results if x["passed"])
+    mark = "✓" if passed == len(results) else "✗"
+    failing = "; ".join(
+        f"`{x['command']}` {x['limit'] or 'exit ' + str(x['exit_code'])}"
+        for x in results
+        if not x["passed"]
+    )
+    return f"    {agent:<10} {mark} checks round {r['round']}: {passed}/{len(results)} passed" + (
+        f" — {failing}" if failing else ""
+    )
+
+
 def _tool_calls(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """Every finished tool call of the run, in order: (agent, call)."""
     return [
@@ -126,6 +150,10 @@ def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
             if call["call_id"] not in shown_calls:
                 shown_calls.add(call["call_id"])
                 lines.say(_call_line(agent, call))
+        for agent, round_ in _check_rounds(run):
+            if f"{agent}/checks/{round_['round']}" not in shown_calls:
+                shown_calls.add(f"{agent}/checks/{round_['round']}")
+                lines.say(_round_line(agent, round_))
         for step in run["steps"]:
             key = (step["status"], step["attempt"])
             if step["status"] == "RUNNING":
@@ -151,7 +179,20 @@ def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
             time.sleep(0.1)
 
 
+def _checks_line(run: dict[str, Any]) -> str | None:
+    checks = run.get("checks")
+    if not checks:
+        return None
+    if checks["status"] == "not run":
+        return f"checks: not run — {checks.get('why')}"
+    rounds = f" after {checks['rounds']} rounds" if checks["rounds"] > 1 else ""
+    return f"checks: {checks['status']} ({checks['passed']}/{checks['total']} passed{rounds})"
+
+
 def _print_outcome(settings: Settings, run: dict[str, Any]) -> int:
+    line = _checks_line(run)
+    if line:
+        typer.echo(f"  {line}")
     if run["status"] == "COMPLETED":
         typer.echo("\n" + (run.get("final_answer") or ""))
         if run["artifacts"]:
@@ -226,6 +267,9 @@ def status(run_id: str) -> None:
         for turn in step.get("turns", []):
             for call in turn.get("tool_calls", []):
                 typer.echo(_call_line(step["agent"], call))
+        if isinstance(step.get("checks"), dict):
+            for round_ in step["checks"].get("rounds", []):
+                typer.echo(_round_line(step["agent"], round_))
         if step.get("stop_reason"):
             typer.echo(f"    {step['agent']:<10} ■ {step['stop_reason']}")
     if found["status"] in TERMINAL_STATUSES:
@@ -348,9 +392,15 @@ def health() -> None:
             report = client.get("/health").json()
         except httpx.ConnectError:
             fail(f"cannot reach the crewline API at {settings.resolved_api_url}")
-    for part in ("api", "database", "temporal", "llm"):
-        info = report[part]
+    for part in ("api", "database", "temporal", "workers", "llm", "sandbox", "reconciler"):
+        info = report.get(part)
+        if info is None:
+            continue
         detail = info.get("error") or info.get("provider") or info.get("address") or ""
+        if part == "sandbox" and info["ok"]:
+            detail = ", ".join(info.get("interpreters", []))
+        if part == "workers" and info["ok"]:
+            detail = f"active {info.get('active_version') or 'none'}"
         typer.echo(f"{part:<9} {'ok' if info['ok'] else 'FAIL':<5} {detail}")
     for b in report["breakers"]:
         typer.echo(

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from crewline.sandbox import Limits
+
 ProviderName = Literal["groq", "openai", "scripted"]
 
 
@@ -114,6 +116,16 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(default=2_000_000, alias="FETCH_MAX_BYTES", ge=1024)
     fetch_allow_private: bool = Field(default=False, alias="FETCH_ALLOW_PRIVATE")
 
+    # --- the sandbox (crewline/sandbox.py): limits per command ----------------------------
+    sandbox_wall_s: float = Field(default=60.0, alias="SANDBOX_WALL_S", gt=0, le=3600)
+    sandbox_cpu_s: int = Field(default=30, alias="SANDBOX_CPU_S", gt=0)
+    sandbox_memory_mb: int = Field(default=1024, alias="SANDBOX_MEMORY_MB", ge=64)
+    sandbox_processes: int = Field(default=64, alias="SANDBOX_PROCESSES", ge=4)
+    sandbox_output_bytes: int = Field(default=200_000, alias="SANDBOX_OUTPUT_BYTES", ge=1024)
+    # Rounds of acceptance checks the Coder gets: a failed round with rounds left goes back to it
+    # to repair (0: the checks are not run).
+    check_rounds: int = Field(default=3, alias="CHECK_ROUNDS", ge=0, le=10)
+
     # --- research ----------------------------------------------------------------------------
     search_backend: Literal["ddgs", "none"] = Field(default="ddgs", alias="SEARCH_BACKEND")
     search_timeout_s: int = Field(default=8, alias="SEARCH_TIMEOUT_S", gt=0)
@@ -205,6 +217,12 @@ class Settings(BaseSettings):
         return value
 
     # --- derived -------------------------------------------------------------------------------
+    def sandbox_limits(self) -> Limits:
+        return Limits(
+            wall_s=self.sandbox_wall_s, cpu_s=self.sandbox_cpu_s, memory_mb=self.sandbox_memory_mb,
+            processes=self.sandbox_processes, output_bytes=self.sandbox_output_bytes,
+        )  # fmt: skip
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'crewline.db'}"

@@ -47,6 +47,8 @@ class PipelineInput(BaseModel):
     shadow_of: str | None = None
     # A cap on every agent's model turns (MAX_TURNS); None: each agent's spec says.
     max_turns: int | None = None
+    # Rounds of acceptance checks the Coder gets (CHECK_ROUNDS); None: 3; 0: not run.
+    check_rounds: int | None = None
 
 
 class BudgetRaise(BaseModel):

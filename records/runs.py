@@ -472,6 +472,11 @@ def intended_file(engine: Engine, run_id: str, path: str) -> str | None:
     return _intended(engine, run_id).get(path)
 
 
+def intended_files_content(engine: Engine, run_id: str) -> dict[str, str]:
+    """A dry run's workspace with the files' content (path → text)."""
+    return _intended(engine, run_id)
+
+
 def _intended(engine: Engine, run_id: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for intent in intents_of(engine, run_id):
@@ -548,3 +553,17 @@ def files_output(paths: list[str], answer: str) -> str:
         return answer
     listed = "\n".join(f"- {p}" for p in paths)
     return f"Files ({len(paths)}):\n{listed}\n\n{answer}".strip()
+
+
+def checks_of(engine: Engine, run_id: str, agent: str) -> Any:
+    """A step's checks (JSON): the Executor's commands, or the Coder's results of running them."""
+    with Session(engine) as session:
+        row = session.exec(
+            select(Step.checks_json).where(Step.run_id == run_id, Step.agent == agent)
+        ).first()
+    return json.loads(row) if row else None
+
+
+def save_checks(engine: Engine, run_id: str, agent: str, checks: Any) -> None:
+    with engine.begin() as conn:
+        upsert_step_in(conn, run_id, agent, checks_json=json.dumps(checks))

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Field, SQLModel
 
 from crewline.db import insert_for, utcnow
+from crewline.sandbox import Sandbox
 from crewline.temporal import has_workflow_pollers
 from records.runs import breakers
 from services import Context
@@ -91,6 +92,15 @@ class Health:
             )
         return temporal, workers
 
+    async def _sandbox(self) -> dict[str, Any]:
+        """Whether agents' commands can run isolated on this host (checked once; workers on
+        other hosts check their own at start-up and say so in their logs)."""
+        found = await asyncio.to_thread(Sandbox(self.ctx.settings.sandbox_limits()).check)
+        if not found.ok:
+            return {"ok": False, "error": found.describe()}
+        return {"ok": True, "interpreters": list(found.interpreters),
+                "python_modules": list(found.python_modules)}  # fmt: skip
+
     async def report(self) -> dict[str, Any]:
         """Each part's state, and "ok" only if all are."""
         ctx = self.ctx
@@ -99,7 +109,7 @@ class Health:
         llm = await self.probe.check(ctx.settings)
         parts: dict[str, dict[str, Any]] = {
             "api": {"ok": True}, "database": database, "temporal": temporal,
-            "workers": workers, "llm": llm,
+            "workers": workers, "llm": llm, "sandbox": await self._sandbox(),
         }  # fmt: skip
         for name, check in self.parts.items():
             parts[name] = check()

@@ -231,6 +231,16 @@ class ArtifactOut(BaseModel):
     url: str
 
 
+class ChecksSummary(BaseModel):
+    """The acceptance checks of a run: run in the sandbox on the Coder's files, or not (why)."""
+
+    status: str = Field(description="passed, failed or not run")
+    passed: int = 0
+    total: int = 0
+    rounds: int = 0
+    why: str | None = Field(default=None, description="why they were not run")
+
+
 class RunOut(BaseModel):
     run_id: str
     query: str
@@ -261,6 +271,9 @@ class RunOut(BaseModel):
     )
     shadow: ShadowOut | None = Field(
         default=None, description="its shadow run on the candidate version, and the verdicts"
+    )
+    checks: ChecksSummary | None = Field(
+        default=None, description="the acceptance checks (each round: the Coder step's checks)"
     )
     links: RunLinks
 

@@ -61,6 +61,7 @@ from services.keys import ApiKey
 from services.models import (
     ArtifactOut,
     CallOut,
+    ChecksSummary,
     DivergenceOut,
     IntentDetail,
     IntentOut,
@@ -226,6 +227,7 @@ async def start_workflow_for(ctx: Context, run: Run) -> bool:
         ),
         shadow_of=run.shadow_of,
         max_turns=settings.max_turns or None,
+        check_rounds=settings.check_rounds,
     )
     extra: dict[str, Any] = {}
     if run.shadow_of is not None:
@@ -376,11 +378,23 @@ def _steps(engine: Engine, run_id: str) -> list[StepOut]:
     return out
 
 
+def _checks_summary(record: Any) -> ChecksSummary | None:
+    if not isinstance(record, dict) or "status" not in record:
+        return None
+    rounds = record.get("rounds") or []
+    last = rounds[-1]["results"] if rounds else []
+    return ChecksSummary(
+        status=record["status"], passed=sum(1 for r in last if r.get("passed")),
+        total=len(last), rounds=len(rounds), why=record.get("why"),
+    )  # fmt: skip
+
+
 def run_detail(engine: Engine, settings: Settings, run: Run) -> RunOut:
     """A run with its steps, artifacts, intents, spend and shadow verdicts."""
     spent = ledger.spent_by_run(engine, [run.run_id]).get(run.run_id, Decimal(0))
     out = _summary(settings, run, spent)
     out.steps = _steps(engine, run.run_id)
+    out.checks = _checks_summary(next((s.checks for s in out.steps if s.agent == "coder"), None))
     out.artifacts = _artifacts(engine, run.run_id)
     out.intents = [_intent_out(run.run_id, i) for i in records.intents_of(engine, run.run_id)]
     shadow_run = shadow.shadow_run_of(engine, run.run_id)

@@ -22,6 +22,10 @@ from activities.tools.search import SearchHit
 
 AGENT_RE = re.compile(r"crewline's (\w+) agent", re.IGNORECASE)
 
+# What the product appends to a final answer when the Executor (as the fake's default answers)
+# gave no acceptance checks.
+NO_CHECKS = "\n\n---\nChecks: not run — the Executor gave no acceptance checks."
+
 DEFAULT_TEXT = {
     "researcher": "RESEARCH-NOTES: snakes move on a grid.",
     "planner": "PLAN: 1. grid 2. snake 3. food",

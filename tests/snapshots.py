@@ -3,6 +3,7 @@ snapshots, and waiting for a version's worker to be live in Temporal."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
 from pathlib import Path
@@ -50,3 +51,30 @@ async def wait_live(client: Client, settings: Settings, *versions: str) -> None:
         return all(found.get(v) for v in versions)
 
     await assert_eventually(live, timeout=60, interval=0.2)
+
+
+async def start_pinned(
+    client: Client, settings: Settings, version: str, run_id: str, **fields: Any
+) -> Any:
+    """Start a run pinned to `version`. Right after its worker shows up live, Temporal may not
+    yet know the version on the task queue ("Pinned version … is not present"): try again."""
+    from temporalio.common import PinnedVersioningOverride
+    from temporalio.service import RPCError
+
+    from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
+
+    for _ in range(50):
+        try:
+            return await client.start_workflow(
+                AgentPipelineWorkflow.run,
+                PipelineInput(run_id=run_id, query="Build a snake game", **fields),
+                id=run_id, task_queue=settings.task_queue,
+                versioning_override=PinnedVersioningOverride(
+                    deployment.deployment_version(settings, version)
+                ),
+            )  # fmt: skip
+        except RPCError as exc:
+            if "is not present in task queue" not in str(exc):
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{version} never became present on {settings.task_queue}")

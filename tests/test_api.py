@@ -13,7 +13,7 @@ from temporalio.worker import Worker
 from cli.server import create_app
 from crewline.settings import Settings
 from tests.conftest import AUTH, assert_eventually
-from tests.fakes import FakeGroq, Hang
+from tests.fakes import NO_CHECKS, FakeGroq, Hang
 
 pytestmark = pytest.mark.both_databases
 
@@ -53,7 +53,7 @@ async def test_post_run_202_then_completed_with_steps_and_artifacts(
     ]
     assert run["steps"][1]["output"] == "PLAN: 1. grid 2. snake 3. food"
     assert run["steps"][1]["prompt_tokens"] == 100 and run["steps"][1]["attempt"] == 1
-    assert run["final_answer"] == "FINAL-ANSWER: run python snake.py"
+    assert run["final_answer"] == "FINAL-ANSWER: run python snake.py" + NO_CHECKS
     [artifact] = run["artifacts"]
     download = await api.get(artifact["url"])
     assert download.status_code == 200 and download.text == "print('snake')\n"

@@ -24,7 +24,7 @@ from records.ledger import calls_of
 from records.runs import get_run, steps_of
 from records.tables import LedgerEntry
 from tests.conftest import ADMIN_KEY, assert_eventually, run_cli
-from tests.fakes import FakeGroq
+from tests.fakes import NO_CHECKS, FakeGroq
 from tests.procs import WorkerProcesses
 from tests.snapshots import checkout, snapshot, wait_live
 from versioning import shadow
@@ -104,7 +104,10 @@ async def test_shadow_flags_a_decision_flip_and_not_a_rewording(
 
         flipped_id = await start_run(api)
         flipped = await wait_compared(api, flipped_id)
-        assert flipped["status"] == "COMPLETED" and flipped["final_answer"] == ANSWERS["v1"]
+        assert (
+            flipped["status"] == "COMPLETED"
+            and flipped["final_answer"] == ANSWERS["v1"] + NO_CHECKS
+        )
         verdicts = {d["agent"]: d for d in flipped["shadow"]["divergences"]}
         assert verdicts["finalizer"]["alert"], verdicts["finalizer"]
         assert any("flutter" in r.lower() for r in verdicts["finalizer"]["reasons"])
@@ -144,7 +147,8 @@ async def test_shadow_flags_a_decision_flip_and_not_a_rewording(
     assert report["shadow_runs"] == 1 and report["compared_runs"] == 1
     assert report["per_agent"]["finalizer"]["alerts"] == 1
     worst = report["per_agent"]["finalizer"]["worst"][0]
-    assert worst["primary_output"] == ANSWERS["v1"] and worst["shadow_output"] == ANSWERS["flip"]
+    assert worst["primary_output"] == ANSWERS["v1"] + NO_CHECKS
+    assert worst["shadow_output"] == ANSWERS["flip"] + NO_CHECKS
     assert Decimal(report["candidate_spend_usd"]) > 0 and report["intents_differ"] == []
 
 
@@ -192,7 +196,7 @@ async def test_a_broken_candidate_never_touches_the_primary(
         run = (await api.get(f"/runs/{run_id}")).json()
         assert (
             run["status"] == "COMPLETED"
-            and run["final_answer"] == "FINAL-ANSWER: run python snake.py"
+            and run["final_answer"] == "FINAL-ANSWER: run python snake.py" + NO_CHECKS
         )
     shadow_of_dead = shadow.shadow_run_of(engine, with_dead_shadow)
     assert shadow_of_dead is not None and steps_of(engine, shadow_of_dead.run_id) == []

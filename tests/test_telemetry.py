@@ -156,6 +156,7 @@ async def test_one_run_is_one_trace_from_the_request_to_each_llm_and_tool_call(
         "RunActivity:executor turn 1 [attempt 1]",
         "RunActivity:coder turn 1 [attempt 1]",
         "RunActivity:coder tool write_file [attempt 1]",  # its answer's file block, written
+        "RunActivity:coder checks round 1 [attempt 1]",  # the checks (none given: not run)
         "RunActivity:agent_finish",  # then its step closed (a local activity)
         "RunActivity:finalizer turn 1 [attempt 1]",
     ]

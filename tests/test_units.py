@@ -333,7 +333,7 @@ def test_what_a_turns_message_means_for_the_loop() -> None:
                    _response("=== FILE: a.py ===\nx=1\n=== END FILE ==="), [], "p")  # fmt: skip
     assert files.then_finish and [c.args["path"] for c in files.calls] == ["a.py"]
     none = decide(spec["coder"], _turn_input("coder"), _response("I could not."), [], "p")
-    assert none.finished and none.notes == "the Coder wrote no files"
+    assert none.then_finish and not none.finished and none.notes == "the Coder wrote no files"
 
 
 async def test_fetch_refuses_non_public_addresses() -> None:

@@ -25,7 +25,14 @@ from records.runs import get_run, steps_of, turns_of
 from tests.conftest import REPO, assert_eventually, run_cli, start_pipeline
 from tests.fakes import Call, FakeGroq, Reply
 from tests.procs import WorkerProcesses
-from tests.snapshots import checkout, fingerprint, set_finalizer, snapshot, wait_live
+from tests.snapshots import (
+    checkout,
+    fingerprint,
+    set_finalizer,
+    snapshot,
+    start_pinned,
+    wait_live,
+)
 from versioning import bundle, deployment
 from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 
@@ -357,13 +364,7 @@ async def test_single_shot_and_looping_versions_serve_their_pinned_runs_side_by_
             run_id = f"run-{version}-{settings.task_queue}"
             search = Reply(calls=[Call("web_search", {"query": "snake"})])
             fake_groq.script_run(run_id, "researcher", search)  # the model asks, either way
-            handles[version] = (run_id, await client.start_workflow(
-                AgentPipelineWorkflow.run, PipelineInput(run_id=run_id, query="Build a snake game"),
-                id=run_id, task_queue=settings.task_queue,
-                versioning_override=PinnedVersioningOverride(
-                    deployment.deployment_version(settings, version)
-                ),
-            ))  # fmt: skip
+            handles[version] = (run_id, await start_pinned(client, settings, version, run_id))
         results = {v: await h.result() for v, (_, h) in handles.items()}
     assert {r.status for r in results.values()} == {"COMPLETED"}
     on_v1, on_v2 = handles[v1][0], handles[v2][0]

@@ -201,6 +201,7 @@ def test_tool_manifest_matches_the_registered_tools(plain: Settings, tmp_path: P
         "write_file": True,
         "read_file": False,
         "list_files": False,
+        "run_command": False,
     }
 
 

@@ -17,6 +17,8 @@ from temporalio.worker import Worker
 
 from activities.agents import (
     CallRef,
+    ChecksInput,
+    ChecksResult,
     FinishInput,
     FinishResult,
     RunUpdate,
@@ -56,6 +58,8 @@ class FakeAgents:
         self.turns: list[TurnInput] = []
         self.finishes: list[FinishInput] = []
         self.updates: list[RunUpdate] = []
+        self.checks: list[ChecksInput] = []
+        self.pass_on_round = 1
         self.blocked = asyncio.Event()
 
     def activities(self) -> list[object]:
@@ -79,6 +83,14 @@ class FakeAgents:
             self.log.append(f"{inp.agent}:{inp.name}")
             return ToolResult(call_id=inp.call_id, name=inp.name, summary="ok")
 
+        @activity.defn(name="agent_checks")
+        async def acceptance(inp: ChecksInput) -> ChecksResult:
+            self.log.append(f"{inp.agent}:checks{inp.round}")
+            self.checks.append(inp)
+            ok = inp.round >= self.pass_on_round
+            return ChecksResult(status="passed" if ok else "failed", passed=int(ok), total=1,
+                                retry=not ok and inp.round < inp.rounds)  # fmt: skip
+
         @activity.defn(name="agent_finish")
         async def finish(inp: FinishInput) -> FinishResult:
             self.log.append(f"{inp.agent}:finish")
@@ -89,7 +101,7 @@ class FakeAgents:
         async def record_run(update: RunUpdate) -> None:
             self.updates.append(update)
 
-        return [turn, tool, finish, record_run]
+        return [turn, tool, acceptance, finish, record_run]
 
 
 async def run(env: WorkflowEnvironment, fakes: FakeAgents, **fields: object) -> tuple[str, object]:
@@ -227,3 +239,36 @@ async def test_cancel_keeps_partial_results(ts_env: WorkflowEnvironment) -> None
     assert final.status == "CANCELLED" and final.cancelled_agent == "coder"
     assert final.error == "cancelled by ops (k1)"
     assert AGENTS[-1] == "finalizer"
+
+
+def coder_answers_then_waits_for_checks(inp: TurnInput) -> TurnResult:
+    if inp.agent == "coder":  # writes a file, then answers: the workflow checks, then closes
+        if inp.turn in (1, 3):
+            call = CallRef(call_id=f"w{inp.turn}", name="write_file", summary="write_file 'a.py'",
+                           fingerprint=f"w{inp.turn}")  # fmt: skip
+            return TurnResult(agent=inp.agent, turn=inp.turn, calls=[call])
+        return TurnResult(agent=inp.agent, turn=inp.turn, then_finish=True, output="done")
+    return answers(inp)
+
+
+async def test_the_coder_repairs_until_its_checks_pass_then_its_step_closes(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    fakes = FakeAgents(coder_answers_then_waits_for_checks)
+    fakes.pass_on_round = 2
+    _, result = await run(ts_env, fakes)
+    coder = [e for e in fakes.log if e.startswith("coder:")]
+    assert coder == [
+        "coder:turn1", "coder:write_file", "coder:turn2", "coder:checks1",
+        "coder:turn3", "coder:write_file", "coder:turn4", "coder:checks2", "coder:finish",
+    ]  # fmt: skip
+    assert [c.turn for c in fakes.checks] == [2, 4] and {c.rounds for c in fakes.checks} == {3}
+    assert result.status == "COMPLETED"  # type: ignore[attr-defined]
+    # CHECK_ROUNDS=1: one round, failed or not, then the step closes.
+    fakes = FakeAgents(coder_answers_then_waits_for_checks)
+    fakes.pass_on_round = 5
+    await run(ts_env, fakes, check_rounds=1)
+    assert [e for e in fakes.log if e.startswith("coder:")][-2:] == [
+        "coder:checks1",
+        "coder:finish",
+    ]

@@ -32,6 +32,7 @@ from activities.tools.search import SearchBackend
 from costs.pricing import Pricer
 from crewline.db import DbRunner, make_engine
 from crewline.metrics import Metrics, free_loopback_port, start_worker_metrics
+from crewline.sandbox import Sandbox
 from crewline.settings import Settings
 from crewline.telemetry import Tracing, setup_tracing
 from records.statuses import AGENTS
@@ -93,11 +94,15 @@ def build_worker(
     limits = rate_limits(settings)
     limiter = RateLimiter(engine, limits, settings.rate_limit_window_s) if limits else None
     db = DbRunner(engine)  # this worker's database threads (one writer on SQLite)
+    sandbox = Sandbox(settings.sandbox_limits())
+    available = sandbox.check()
+    if not available.ok:
+        log.warning("sandbox.unavailable", reason=available.reason)
     activities = AgentActivities(
         settings=settings,
         llm=llm,
         engine=engine,
-        tools=build_tools(settings, engine, backend, tracing, db),  # type: ignore[arg-type]
+        tools=build_tools(settings, engine, backend, tracing, db, sandbox),  # type: ignore[arg-type]
         pricer=pricer,
         breakers=breakers,
         version=version,
@@ -105,6 +110,7 @@ def build_worker(
         tracing=tracing,
         limiter=limiter,
         db=db,
+        sandbox=sandbox,
     )
     if version is not None:
         worker_options["deployment_config"] = WorkerDeploymentConfig(

@@ -28,13 +28,15 @@ with workflow.unsafe.imports_passed_through():
     from activities.agents import (
         AgentActivities,
         CallRef,
+        ChecksInput,
+        ChecksResult,
         FinishInput,
         RunUpdate,
         ToolInput,
         TurnInput,
         TurnResult,
     )
-    from activities.specs import specs
+    from activities.specs import Output, specs
     from records.pipeline import (
         BudgetRaise,
         BudgetState,
@@ -79,6 +81,11 @@ TOOL_RETRY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=["ToolCallMissing"],
 )
+# A round of acceptance checks: each command has its own sandbox wall time (SANDBOX_WALL_S).
+CHECKS_START_TO_CLOSE = timedelta(minutes=15)
+# Rounds of acceptance checks the Coder gets (a failed round with rounds left: it repairs), when
+# the run does not say (CHECK_ROUNDS).
+DEFAULT_CHECK_ROUNDS = 3
 BOOKKEEPING_START_TO_CLOSE = timedelta(seconds=30)
 BOOKKEEPING_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20)
 # Patch id (stored in histories): agents became tool-calling loops (turn and tool activities).
@@ -222,32 +229,34 @@ class AgentPipelineWorkflow:
     async def _agent(self, agent: str, inp: PipelineInput) -> None:
         spec = specs()[agent]
         max_turns = min(spec.max_turns, inp.max_turns) if inp.max_turns else spec.max_turns
+        rounds = DEFAULT_CHECK_ROUNDS if inp.check_rounds is None else inp.check_rounds
         self._current = agent
         step = self._steps[agent]
         step.status = "RUNNING"
         usage = StepSummary(agent=agent)
         seen: dict[str, int] = {}
         stop: str | None = None
-        for turn in range(1, max_turns + 1):
+        turn, checked = 0, 0
+        while True:
+            turn += 1
+            if turn > max_turns:
+                stop = f"stopped after {max_turns} turns without a final answer (max_turns)"
+                break
             result = await self._turn(agent, inp, turn, last=turn == max_turns)
             self._count(usage, result)
             if result.finished:
                 return self._finished(agent, usage, result.output)
-            for call in result.calls:
-                seen[call.fingerprint] = seen.get(call.fingerprint, 0) + 1
-                if seen[call.fingerprint] >= TOOL_REPEAT_LIMIT and not call.call_id.startswith(
-                    "file-"
-                ):
-                    stop = (
-                        f"stopped: it made the same call ({call.summary}) "
-                        f"{seen[call.fingerprint]} times"
-                    )
+            stop = await self._run_calls(agent, inp, turn, result.calls, seen)
+            if stop or not result.then_finish:
+                if stop:
                     break
-                await self._tool(agent, inp, turn, call)
-            if stop or result.then_finish:
-                break
-        else:
-            stop = f"stopped after {max_turns} turns without a final answer (max_turns)"
+                continue
+            if spec.output == Output.FILES and rounds > 0:
+                checked += 1
+                verdict = await self._checks(agent, inp, checked, rounds, turn)
+                if verdict.retry and turn < max_turns:
+                    continue  # it was told what failed; its next turn repairs
+            break
         finished = await workflow.execute_local_activity_method(
             AgentActivities.finish,
             FinishInput(
@@ -262,6 +271,34 @@ class AgentPipelineWorkflow:
             workflow.logger.warning("agent.stopped", extra={"run_id": inp.run_id, "agent": agent,
                                                              "reason": stop})  # fmt: skip
         self._finished(agent, usage, finished.output)
+
+    async def _run_calls(
+        self, agent: str, inp: PipelineInput, turn: int, calls: list[CallRef],
+        seen: dict[str, int],
+    ) -> str | None:  # fmt: skip
+        """Run a turn's tool calls in order; why the loop must stop, if it must."""
+        for call in calls:
+            seen[call.fingerprint] = seen.get(call.fingerprint, 0) + 1
+            times = seen[call.fingerprint]
+            if times >= TOOL_REPEAT_LIMIT and not call.call_id.startswith("file-"):
+                return f"stopped: it made the same call ({call.summary}) {times} times"
+            await self._tool(agent, inp, turn, call)
+        return None
+
+    async def _checks(
+        self, agent: str, inp: PipelineInput, round_no: int, rounds: int, turn: int
+    ) -> ChecksResult:
+        return await workflow.execute_activity_method(  # type: ignore[no-any-return]
+            AgentActivities.acceptance,
+            ChecksInput(
+                run_id=inp.run_id, agent=agent, round=round_no, rounds=rounds, turn=turn,
+                dry_run=inp.dry_run,
+            ),
+            start_to_close_timeout=CHECKS_START_TO_CLOSE,
+            heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,
+            retry_policy=TOOL_RETRY,
+            summary=f"{agent}: acceptance checks, round {round_no}",
+        )  # fmt: skip
 
     def _count(self, usage: StepSummary, result: TurnResult) -> None:
         self._spent += result.cost_usd

@@ -22,12 +22,14 @@ from activities.tools.files import (
     UnsafePathError,
     list_artifacts,
     read_artifact,
+    read_tree,
     safe_relative_path,
     write_artifact,
 )
 from activities.tools.search import DdgsBackend, SearchBackend, search_output, web_search
 from activities.tools.web import FetchPolicy, fetch, page_output
 from crewline.db import DbRunner
+from crewline.sandbox import Sandbox
 from crewline.settings import Settings
 from crewline.telemetry import Tracing
 from records import runs as store
@@ -48,6 +50,21 @@ class Resources:
     db: DbRunner
     search: SearchBackend | None
     fetch: FetchPolicy
+    sandbox: Sandbox
+
+    async def workspace(self, run_id: str, dry_run: bool) -> dict[str, bytes]:
+        return await workspace_files(self.settings, self.db, run_id, dry_run)
+
+
+async def workspace_files(
+    settings: Settings, db: DbRunner, run_id: str, dry_run: bool
+) -> dict[str, bytes]:
+    """A run's files as a command in the sandbox sees them: what it wrote, or in a dry run what
+    it would have written (its intents)."""
+    if dry_run:
+        intended = await db(store.intended_files_content, run_id)
+        return {path: text.encode() for path, text in intended.items()}
+    return await asyncio.to_thread(read_tree, settings.artifacts_dir / run_id)
 
 
 def build_tools(
@@ -56,11 +73,13 @@ def build_tools(
     search_backend: SearchBackend | None,
     tracing: Tracing | None = None,
     db: DbRunner | None = None,
+    sandbox: Sandbox | None = None,
 ) -> ToolRegistry:
     res = Resources(
         settings, engine, db or DbRunner(engine), search_backend,
         FetchPolicy(settings.fetch_timeout_s, settings.fetch_max_bytes,
                     settings.fetch_allow_private),
+        sandbox or Sandbox(settings.sandbox_limits()),
     )  # fmt: skip
 
     async def record(
@@ -131,6 +150,26 @@ def build_tools(
         lines = "\n".join(f"{p}  ({n} bytes)" for p, n in listed)
         return ToolOutput(lines, summary=f"{len(listed)} file(s)")
 
+    async def run_command(
+        ctx: ToolContext,
+        command: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=2000,
+                description="a shell command, run in /work (a copy of the workspace)",
+            ),
+        ],
+    ) -> ToolOutput:
+        available = res.sandbox.check()
+        if not available.ok:
+            raise ToolError(available.describe())
+        outcome = await res.sandbox.run(command, await res.workspace(ctx.run_id, ctx.dry_run))
+        how = outcome.limit or f"exit {outcome.exit_code}"
+        text = f"$ {command}\n({how}, {outcome.duration_s:.1f}s)\n{outcome.tail(6000)}"
+        data = {"exit_code": outcome.exit_code, "limit": outcome.limit}
+        return ToolOutput(text, summary=f"{how} ({outcome.duration_s:.1f}s)", data=data)
+
     registry.register(
         ToolSpec(
             "web_search",
@@ -170,6 +209,16 @@ def build_tools(
             side_effects=False,
             description="List the files in the run's workspace",
             fn=list_files,
+        )
+    )
+    registry.register(
+        ToolSpec(
+            "run_command",
+            side_effects=False,
+            description="Run a shell command in a sandbox on a copy of the workspace: no network, "
+            "nothing kept; python3 (and node where the host has it). Returns the exit code and "
+            "the output's tail",
+            fn=run_command,
         )
     )
     return registry

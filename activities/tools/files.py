@@ -77,6 +77,11 @@ def list_artifacts(root: Path) -> list[tuple[str, int]]:
     return found[:MAX_FILES]
 
 
+def read_tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (a run's workspace), by relative path."""
+    return {rel: (root / rel).read_bytes() for rel, _ in list_artifacts(root)}
+
+
 # ---- the old text format ------------------------------------------------------------------------
 _MARKER = re.compile(
     r"^[ \t]*(?:\*\*)?===[ \t]*FILE:[ \t]*(?P<path>.+?)[ \t]*===(?:\*\*)?[ \t]*$", re.M

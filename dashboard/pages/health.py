@@ -15,7 +15,7 @@ from services import ServicesDep
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 ViewerDep = Annotated[Viewer, Depends(viewer)]
-PARTS = ("api", "database", "temporal", "workers", "llm")
+PARTS = ("api", "database", "temporal", "workers", "llm", "sandbox")
 
 
 @router.get("/health", response_class=HTMLResponse)
