@@ -73,7 +73,6 @@ LAST_TURN_NOTE = (
     "what you have."
 )
 CONTINUE_NOTE = "Your answer was cut off at the token limit. Continue exactly where it stopped."
-WRITE_PATIENCE_S = 120.0
 
 
 class TurnInput(Compact):
@@ -304,7 +303,9 @@ class AgentActivities:
 
     async def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A database write that waits out a short outage (`activities/persist.py`)."""
-        return await persist(self._run, fn, *args, patience_s=WRITE_PATIENCE_S, **kwargs)
+        return await persist(
+            self._run, fn, *args, patience_s=self._settings.db_patience_s, **kwargs
+        )
 
     # ---- one model turn ------------------------------------------------------------------------
     @activity.defn(name="agent_turn")

@@ -53,11 +53,6 @@ from records.ledger import Charge, Row, Then, cost_of_activity
 from records.tables import to_pico
 
 log = structlog.get_logger("crewline.calls")
-# How long one attempt keeps retrying a database write before giving up: its reservation (before
-# the request: nothing spent yet) and its settle (after the answer: the provider has billed, so
-# it waits longer — the attempt's start-to-close timeout is the real bound).
-RESERVE_PATIENCE_S = 60.0
-SETTLE_PATIENCE_S = 270.0
 T = TypeVar("T")
 # (response, the step's settled cost) -> writes to commit with the ledger row (the turn, its
 # tool calls, the step row), or None
@@ -217,7 +212,11 @@ class MeteredCaller:
         else:
             # Nothing is spent yet: waiting out a database outage here costs nothing.
             await persist(
-                self._run, ledger.reserve, worst, then=reserved, patience_s=RESERVE_PATIENCE_S
+                self._run,
+                ledger.reserve,
+                worst,
+                then=reserved,
+                patience_s=self._settings.db_patience_s,
             )
         request = LLMRequest(
             agent=agent, model=model, messages=ask.messages, tools=ask.tools,
@@ -243,7 +242,9 @@ class MeteredCaller:
         # The provider answered and billed: its usage must be recorded, whatever the database is
         # doing. The write is retried here (the activity heartbeats meanwhile) instead of failing
         # the attempt, which would call — and bill — the model again.
-        await persist(self._run, ledger.settle, entry, then=then, patience_s=SETTLE_PATIENCE_S)
+        await persist(
+            self._run, ledger.settle, entry, then=then, patience_s=self._settings.db_patience_s
+        )
         self.charged(entry)
         return CallOutcome(response, spent + entry.cost_usd, plan.shrunk)
 

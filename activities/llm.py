@@ -146,6 +146,7 @@ class _ChatCompletionsProvider:
     _key: str
     _client: Any
     _validation_error: type[Exception]
+    _timeouts: dict[str, float] = {}
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         extra: dict[str, Any] = {}
@@ -153,6 +154,8 @@ class _ChatCompletionsProvider:
             extra["tools"] = request.tools
         if request.tag:
             extra["user"] = request.tag
+        if request.model in self._timeouts:  # LLM_TIMEOUTS: this model's own
+            extra["timeout"] = self._timeouts[request.model]
         try:
             # The raw response: its rate-limit headers tell the shared limiter what is left.
             answer = await self._client.chat.completions.with_raw_response.create(
@@ -185,6 +188,7 @@ class GroqProvider(_ChatCompletionsProvider):
     def __init__(self, settings: Settings) -> None:
         assert settings.groq_api_key is not None
         self._key = settings.groq_api_key.get_secret_value()
+        self._timeouts = dict(settings.llm_timeouts)
         self.url = settings.groq_base_url or "https://api.groq.com"
         self._client = groq.AsyncGroq(
             api_key=self._key,
@@ -202,6 +206,7 @@ class OpenAICompatProvider(_ChatCompletionsProvider):
     def __init__(self, settings: Settings) -> None:
         # Local servers (Ollama, vLLM) ignore the key, but the SDK insists on one.
         self._key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "unused"
+        self._timeouts = dict(settings.llm_timeouts)
         self.url = settings.llm_base_url or "?"
         self._client = openai.AsyncOpenAI(
             api_key=self._key,

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from temporalio.client import Client
 
 import api
@@ -33,6 +35,25 @@ from services import Context, Services
 from services import keys as key_store
 
 log = structlog.get_logger("crewline.api")
+# How long start-up waits for the admin key to be written before serving (then it keeps trying).
+ADMIN_KEY_WAIT_S = 5.0
+
+
+async def _ensure_admin(settings: Settings, engine: Engine) -> None:
+    """The admin key on a fresh database — retried while the database is unavailable, so the API
+    starts (and says so in /health) instead of dying with it."""
+    delay = 1.0
+    while True:
+        try:
+            said = await run_in_threadpool(key_store.ensure_admin, settings, engine)
+        except DBAPIError as exc:
+            log.warning("api.admin_key_pending", error=str(exc.orig)[:200], retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        if said:
+            log.info("api.admin_key", detail=said)
+        return
 
 
 def create_app(
@@ -43,6 +64,7 @@ def create_app(
     tracing: Tracing | None = None,
     registry: Metrics | None = None,
     reconcile: bool = True,
+    health_parts: dict[str, Callable[[], dict[str, Any]]] | None = None,
 ) -> FastAPI:
     """The app. A `client` given here must carry `tracing.interceptors()` for runs to join the
     request's trace; without one, the lifespan connects with them. `reconcile`: run the
@@ -58,16 +80,18 @@ def create_app(
         temporal = client or await connect(settings, lazy=True, interceptors=tracing.interceptors())
         services = Services(Context(settings, the_engine, temporal, registry, tracing))
         services.health.parts["reconciler"] = services.reconciler.health
+        services.health.parts.update(health_parts or {})
         app.state.services = services
         app.state.settings = settings
         runs_collector = metrics_routes.watch_runs(registry, the_engine)
-        said = await run_in_threadpool(key_store.ensure_admin, settings, the_engine)
-        if said:
-            log.info("api.admin_key", detail=said)
+        admin = asyncio.create_task(_ensure_admin(settings, the_engine))
+        with contextlib.suppress(TimeoutError):  # usually done at once; else it goes on trying
+            await asyncio.wait_for(asyncio.shield(admin), timeout=ADMIN_KEY_WAIT_S)
         loop = None
         if reconcile:
             loop = asyncio.create_task(services.reconciler.run_forever(settings.reconcile_every_s))
         yield
+        admin.cancel()
         if loop is not None:
             loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -79,23 +79,33 @@ class WorkerChildren:
         }
         self._metrics_port = settings.worker_metrics_port
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._commands: dict[str, tuple[list[str], dict[str, str]]] = {}
 
-    def spawn(self, version: str | None) -> None:
-        """A worker for `version`, or (None) for a fresh snapshot of the working tree. Each
-        serves /metrics on its own port: WORKER_METRICS_PORT, the next one, …"""
+    def spawn(self, version: str | None) -> str:
+        """A worker for `version`, or (None) for a fresh snapshot of the working tree; its name.
+        Each serves /metrics on its own port: WORKER_METRICS_PORT, the next one, …"""
         command = [sys.executable, "-m", "cli", "worker"]
         if version is not None:
             command += ["--version", version]
         env = dict(self._env)
         if self._metrics_port:
             env["WORKER_METRICS_PORT"] = str(self._metrics_port + len(self.processes))
-        # Popen from the event loop's thread: the death signal is tied to the spawning thread.
         name = version or "working tree"
         if name in self.processes:
             name = f"{name} #{sum(1 for n in self.processes if n.startswith(name)) + 1}"
-        self.processes[name] = subprocess.Popen(
+        self._commands[name] = (command, env)
+        self.processes[name] = self._start(name)
+        return name
+
+    def _start(self, name: str) -> subprocess.Popen[bytes]:
+        command, env = self._commands[name]
+        # Popen from the event loop's thread: the death signal is tied to the spawning thread.
+        return subprocess.Popen(
             command, env=env, start_new_session=True, preexec_fn=die_with_parent
         )
+
+    def respawn(self, name: str) -> None:
+        self.processes[name] = self._start(name)
 
     def exited(self) -> list[str]:
         return [
@@ -110,6 +120,68 @@ class WorkerChildren:
         for process in self.processes.values():
             if process.poll() is None:
                 process.kill()
+
+
+class Supervisor:
+    """Keeps the stack's children alive: the Temporal dev server and the worker processes. A child
+    that dies is logged and restarted after a backoff (1 s, doubling, at most 30 s; reset once it
+    has run a minute); `health()` says what is down (the API's /health shows it as `stack`)."""
+
+    BACKOFF_FIRST_S, BACKOFF_MAX_S, HEALTHY_AFTER_S = 1.0, 30.0, 60.0
+
+    def __init__(self, server: DevServer, workers: WorkerChildren) -> None:
+        self.server, self.workers = server, workers
+        self.restarts: dict[str, int] = {}
+        self.down: dict[str, str] = {}  # child -> why
+        self._backoff: dict[str, float] = {}
+        self._since: dict[str, float] = {}
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": not self.down, "down": dict(self.down), "restarts": dict(self.restarts)}
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            now = loop.time()
+            if self.server.process is not None and self.server.process.poll() is not None:
+                await self._restart("temporal server", now, self._restart_server)
+            for name, process in list(self.workers.processes.items()):
+                if process.poll() is not None and not stop.is_set():
+                    await self._restart(f"worker {name}", now, lambda n=name: self._respawn(n))
+            for name, started in list(self._since.items()):
+                if now - started > self.HEALTHY_AFTER_S:
+                    self._backoff.pop(name, None)
+                    self._since.pop(name, None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+    async def _restart(self, child: str, now: float, start: Any) -> None:
+        code = (
+            self.server.process.returncode if child == "temporal server" and self.server.process
+            else None
+        )  # fmt: skip
+        if child not in self.down:
+            self.down[child] = f"exited{f' with {code}' if code is not None else ''}; restarting"
+            log.error("stack.child_died", child=child)
+        delay = self._backoff.get(child, self.BACKOFF_FIRST_S)
+        await asyncio.sleep(delay)
+        self._backoff[child] = min(delay * 2, self.BACKOFF_MAX_S)
+        try:
+            await start()
+        except Exception as exc:  # try again after a longer backoff
+            self.down[child] = f"restart failed: {str(exc)[:200]}"
+            log.error("stack.restart_failed", child=child, error=str(exc)[:200])
+            return
+        self.restarts[child] = self.restarts.get(child, 0) + 1
+        self.down.pop(child, None)
+        self._since[child] = asyncio.get_running_loop().time()
+        log.warning("stack.child_restarted", child=child, restarts=self.restarts[child])
+
+    async def _restart_server(self) -> None:
+        await self.server.start()
+
+    async def _respawn(self, name: str) -> None:
+        self.workers.respawn(name)
 
 
 def _stop_event(server: DevServer, workers: WorkerChildren) -> asyncio.Event:
@@ -265,7 +337,12 @@ async def run_stack(settings: Settings, worker_processes: int = 1) -> None:
         # worker snapshots the tree and activates it; the others then serve that snapshot).
         for _ in range(worker_processes - 1):
             workers.spawn(active)
-        app = create_app(settings, client=client, engine=engine, tracing=tracing)
+        supervisor = Supervisor(server, workers)
+        watching = asyncio.create_task(supervisor.watch(stop))
+        app = create_app(
+            settings, client=client, engine=engine, tracing=tracing,
+            health_parts={"stack": supervisor.health},
+        )  # fmt: skip
         api = _ApiServer(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         )
@@ -276,12 +353,14 @@ async def run_stack(settings: Settings, worker_processes: int = 1) -> None:
         )
         if api_task.done():
             await api_task
-        print(_banner(settings, server, active, worker_processes), flush=True)
+        print(_banner(settings, server, active, len(workers.processes)), flush=True)
         await asyncio.wait(
             {api_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
         )
         api.should_exit = True
         await api_task
+        stop.set()
+        await watching
         log.info("stack.workers_stopping")
         await asyncio.to_thread(workers.stop)
     finally:

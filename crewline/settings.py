@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         default_factory=dict, alias="AGENT_MODELS"
     )
     llm_timeout_s: float = Field(default=120.0, alias="LLM_TIMEOUT_S", gt=0)
+    # Per model, JSON: {"llama-3.1-8b-instant": 30}. A call cut off at its timeout may still be
+    # billed: it is charged its worst case, labelled estimated (cut off by timeout).
+    llm_timeouts: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, alias="LLM_TIMEOUTS"
+    )
     llm_max_tokens: int = Field(default=2048, alias="LLM_MAX_TOKENS", gt=0)
     llm_temperature: float = Field(default=0.2, alias="LLM_TEMPERATURE", ge=0, le=2)
     # Full-jitter exponential backoff between attempts of a transient failure.
@@ -103,6 +108,10 @@ class Settings(BaseSettings):
     # Delay the scripted provider adds per call (demos of progress, benchmarks).
     scripted_delay_s: float = Field(default=0.3, alias="SCRIPTED_DELAY_S", ge=0)
 
+    # How long a step's database write waits out an unavailable database (locked, restarting,
+    # full) before its attempt fails and Temporal retries it (activities/persist.py). An answered
+    # call's usage is kept this long; the activity's 5-minute start-to-close bounds it.
+    db_patience_s: float = Field(default=240.0, alias="DB_PATIENCE_S", gt=0, le=280)
     # How often the reconciler makes the database agree with Temporal (services/reconcile.py).
     reconcile_every_s: float = Field(default=10.0, alias="RECONCILE_EVERY_S", gt=0)
 
@@ -186,7 +195,9 @@ class Settings(BaseSettings):
     # Where the worker's metrics endpoint listens (0.0.0.0 in containers).
     worker_metrics_host: str = Field(default="127.0.0.1", alias="WORKER_METRICS_HOST")
 
-    @field_validator("agent_models", "model_prices", "llm_rate_limits", mode="before")
+    @field_validator(
+        "agent_models", "model_prices", "llm_rate_limits", "llm_timeouts", mode="before"
+    )
     @classmethod
     def _parse_json(cls, value: object) -> object:
         if isinstance(value, str):

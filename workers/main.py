@@ -183,19 +183,25 @@ async def run_worker(
 
 
 def _signal_event() -> asyncio.Event:
-    """First SIGINT/SIGTERM: graceful stop (in-flight calls finish). Second: stop at once —
-    Temporal re-runs the abandoned steps elsewhere after their heartbeat timeout."""
+    """The first SIGINT or SIGTERM: graceful stop (in-flight calls finish and are recorded). A
+    second SIGINT (Ctrl-C twice): stop at once — Temporal re-runs the abandoned steps elsewhere
+    after their heartbeat timeout. Further SIGTERMs change nothing: a supervisor's stop and the
+    parent-death signal of `crewline up` may both arrive, and neither means "abandon the calls"
+    (SIGKILL does that)."""
     event = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def _on_signal() -> None:
-        if event.is_set():
+    def _on_signal(sig: signal.Signals) -> None:
+        if not event.is_set():
+            event.set()
+            return
+        if sig == signal.SIGINT:
             log.warning("worker.forced_exit")
             os._exit(1)
-        event.set()
+        log.info("worker.already_stopping", signal=sig.name)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_signal)
+        loop.add_signal_handler(sig, _on_signal, sig)
     return event
 
 
