@@ -103,6 +103,16 @@ class Settings(BaseSettings):
     shadow_daily_cap_usd: Decimal = Field(
         default=Decimal("1.00"), alias="SHADOW_DAILY_CAP_USD", ge=0
     )
+    # The divergence detector (versioning/divergence): a shadow pair alerts when its score —
+    # Π(1 - confidence) over what the layers found, 1.0 = nothing found — falls below this.
+    divergence_threshold: float = Field(default=0.85, alias="DIVERGENCE_THRESHOLD", gt=0, le=1)
+    # Layer 4, an LLM reading both answers: "auto" = on when a real provider is configured (not
+    # `scripted`), "llm" = on, "off" = layers 1-3 only. Its calls are shadow spend, under the cap.
+    divergence_judge: Literal["auto", "llm", "off"] = Field(
+        default="auto", alias="DIVERGENCE_JUDGE"
+    )
+    # The judge's model (default: the Finalizer's).
+    divergence_judge_model: str | None = Field(default=None, alias="DIVERGENCE_JUDGE_MODEL")
     # Every run of this deployment records side-effect intents instead of acting.
     dry_run: bool = Field(default=False, alias="DRY_RUN")
     # Delay the scripted provider adds per call (demos of progress, benchmarks).
@@ -262,6 +272,15 @@ class Settings(BaseSettings):
         """The secret values configured here (for redaction; never to be logged)."""
         keys = (self.groq_api_key, self.llm_api_key, self.api_key, self.admin_key)
         return [k.get_secret_value() for k in keys if k is not None]
+
+    def judge_enabled(self) -> bool:
+        """Whether divergence layer 4 (the LLM judge) runs: on by default with a real model."""
+        if self.divergence_judge == "auto":
+            try:
+                return self.provider() != "scripted"
+            except ConfigurationError:
+                return False
+        return self.divergence_judge == "llm"
 
     def provider(self) -> ProviderName:
         """The provider to use, or a `ConfigurationError` that says what to set."""

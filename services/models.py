@@ -6,7 +6,7 @@ import math
 import re
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -195,21 +195,44 @@ class IntentDetail(IntentOut):
     args: dict[str, Any]
 
 
+class FindingOut(BaseModel):
+    layer: Literal["properties", "structure", "behaviour", "judge"]
+    signal: str
+    severity: float = Field(description="how sure the layer is that this is a regression")
+    detail: str
+    uncertain: bool = False
+    why_uncertain: str | None = None
+
+
 class DivergenceOut(BaseModel):
     run_id: str
     shadow_run_id: str
     agent: str
     active_version: str | None
     candidate_version: str | None
-    score: float
-    threshold: float
+    score: float = Field(description="Π(1 - confidence) over the findings that count; 1.0: none")
+    threshold: float = Field(description="DIVERGENCE_THRESHOLD when it was compared")
     alert: bool
-    reasons: list[str]
+    status: Literal["alert", "uncertain", "quiet"] = Field(
+        description="alert: score below the threshold; uncertain: a layer spoke but cannot be "
+        "trusted here (the judge flipped with the order, or the signal is the active version's "
+        "own noise), shown apart from alerts; quiet: nothing found"
+    )
+    reasons: list[str] = Field(description="`layer/signal: detail`, most certain first")
+    findings: list[FindingOut] = []
+    layers: list[str] = Field(default=[], description="the layers that ran on this pair")
+    notes: list[str] = Field(default=[], description="why a layer did not run")
     created_at: datetime
 
     @classmethod
     def of(cls, row: Any) -> DivergenceOut:
-        return cls.model_validate({**row.model_dump(), "reasons": row.reasons})
+        return cls.model_validate(
+            {
+                **row.model_dump(), "reasons": row.reasons, "findings": row.findings,
+                "status": row.verdict_status, "notes": row.notes,
+                "layers": [x for x in (row.layers or "").split(",") if x],
+            }
+        )  # fmt: skip
 
 
 class DivergenceDetail(DivergenceOut):

@@ -152,7 +152,14 @@ class AgentReport(BaseModel):
     compared: int
     alerts: int
     alert_rate: float | None
+    uncertain: int = Field(0, description="pairs a layer spoke on but could not be trusted")
     worst: list[DivergenceDetail]
+    noise: dict[str, float] = Field(
+        default={},
+        description="how often each signal family fires between two runs of the active version "
+        "itself (`crewline shadow calibrate`); at 0.2 or more it reports uncertain, not alert",
+    )
+    noisy: list[str] = Field(default=[], description="signal families too noisy to alert on")
 
 
 class VersionReport(BaseModel):

@@ -32,6 +32,9 @@ DEFAULT_TEXT = {
     "executor": "ARCH: snake.py holds the game loop",
     "coder": "=== FILE: snake.py ===\nprint('snake')\n=== END FILE ===",
     "finalizer": "FINAL-ANSWER: run python snake.py",
+    # The divergence judge (versioning/divergence/judge.py): the same substance, unless a test's
+    # responder reads the pair (see `judge_by`).
+    "judge": '{"verdict": "equivalent", "issues": []}',
 }
 
 
@@ -86,6 +89,12 @@ class Seen:
     body: dict[str, Any]
 
 
+class _Server(ThreadingHTTPServer):
+    # A real provider accepts a burst of connections; the standard library's backlog of 5 made
+    # the kernel drop some mid-handshake, which the client sees as a connection lost after send.
+    request_queue_size = 1024
+
+
 class FakeGroq:
     def __init__(self) -> None:
         self.requests: list[Seen] = []
@@ -105,7 +114,7 @@ class FakeGroq:
         self.admitted: list[float] = []
         self.rejected = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -343,7 +352,7 @@ class OtlpReceiver:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -415,3 +424,30 @@ class OtlpReceiver:
                 self.end_headers()
 
         return Handler
+
+
+JUDGE_PAIR = re.compile(r"Answer 1:\n<<<\n(.*?)\n>>>\n\nAnswer 2:\n<<<\n(.*?)\n>>>", re.DOTALL)
+
+
+def judged_pair(body: dict[str, Any]) -> tuple[str, str]:
+    """The two answers a judge request shows, in the order it shows them."""
+    user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    found = JUDGE_PAIR.search(user)
+    assert found is not None, user[:200]
+    return found.group(1), found.group(2)
+
+
+def judge_by(decide: Callable[[str, str], bool]) -> Callable[[str, dict[str, Any]], str | None]:
+    """A responder for the judge: `decide(answer 1, answer 2)` → diverged. Other agents get the
+    default answer."""
+
+    def respond(agent: str, body: dict[str, Any]) -> str | None:
+        if agent != "judge":
+            return None
+        first, second = judged_pair(body)
+        if decide(first, second):
+            issue = {"kind": "decision", "detail": "answer 2 recommends something else"}
+            return json.dumps({"verdict": "diverged", "issues": [issue]})
+        return json.dumps({"verdict": "equivalent", "issues": []})
+
+    return respond

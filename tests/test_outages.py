@@ -36,6 +36,9 @@ from tests.pg import PostgresServer, server_binaries
 from tests.procs import WorkerProcesses, settings_env
 from workflows.pipeline import AgentPipelineWorkflow
 
+# Child processes, servers and minutes of outages: not for the everyday loop.
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 SLOW = Reply(delay_s=0.4)  # every call takes a little while: faults land mid-call
 

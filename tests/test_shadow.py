@@ -24,7 +24,7 @@ from records.ledger import calls_of
 from records.runs import get_run, steps_of
 from records.tables import LedgerEntry
 from tests.conftest import ADMIN_KEY, assert_eventually, run_cli
-from tests.fakes import NO_CHECKS, FakeGroq
+from tests.fakes import NO_CHECKS, FakeGroq, judge_by
 from tests.procs import WorkerProcesses
 from tests.snapshots import checkout, snapshot, wait_live
 from versioning import shadow
@@ -76,6 +76,27 @@ async def start_run(api: httpx.AsyncClient) -> str:
     return started.json()["run_id"]  # type: ignore[no-any-return]
 
 
+def three_versions(settings: Settings, engine: Any, tmp_path: Path) -> dict[str, str]:
+    """v1 (the active prompt), and two candidates the fakes answer differently for."""
+    lines = {"v1": "Be clear.", "flip": "MARKER-flip", "reword": "MARKER-reword"}
+    return {
+        n: snapshot(settings, engine, checkout(tmp_path / n, line)) for n, line in lines.items()
+    }
+
+
+async def serve_and_activate_v1(
+    workers: WorkerProcesses,
+    client: Client,
+    settings: Settings,
+    api: httpx.AsyncClient,
+    ids: dict[str, str],
+) -> None:
+    for version in ids.values():
+        workers.spawn("worker", "--version", version)
+    await wait_live(client, settings, *ids.values())
+    assert (await api.post(f"/versions/{ids['v1']}/activate", json={})).status_code == 200
+
+
 async def test_shadow_flags_a_decision_flip_and_not_a_rewording(
     client: Client,
     settings: Settings,
@@ -85,20 +106,9 @@ async def test_shadow_flags_a_decision_flip_and_not_a_rewording(
     tmp_path: Path,
 ) -> None:
     fake_groq.responder = by_prompt
-    roots = {
-        name: checkout(tmp_path / name, line)
-        for name, line in (
-            ("v1", "Be clear."),
-            ("flip", "MARKER-flip"),
-            ("reword", "MARKER-reword"),
-        )
-    }
-    ids = {name: snapshot(settings, engine, root) for name, root in roots.items()}
+    ids = three_versions(settings, engine, tmp_path)
     with WorkerProcesses(settings, tmp_path) as workers:
-        for name in ids:
-            workers.spawn("worker", "--version", ids[name])
-        await wait_live(client, settings, *ids.values())
-        assert (await api.post(f"/versions/{ids['v1']}/activate", json={})).status_code == 200
+        await serve_and_activate_v1(workers, client, settings, api, ids)
         turned = await api.post(f"/versions/{ids['flip']}/shadow", json={"rate": 1.0})
         assert turned.status_code == 200 and turned.json()["candidate"] == ids["flip"]
 
@@ -258,7 +268,107 @@ async def test_calibrate_reports_the_noise_floor_of_the_active_version(
         )
     assert done.returncode == 0, done.stderr
     lines = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}
-    # The fake answers the same prompt the same way: no noise, nothing near a threshold.
+    # The fake answers the same prompt the same way: two comparisons per agent, no noise.
     for agent in ("researcher", "planner", "executor", "coder", "finalizer"):
-        assert lines[agent][1:4] == ["2", "1.00", "1.00"], done.stdout
+        assert lines[agent][1:3] == ["2", "none"], done.stdout
     assert f"re-running 2 run(s) on {v1}" in done.stdout
+    rows = shadow.divergences(engine, version=v1, limit=100)
+    assert len(rows) == 12 and {r.active_version for r in rows} == {v1}  # 6 rows per rerun
+
+
+# ---- the walk-through: 20 shadowed runs of independent generations ---------------------------
+
+OPENERS = [
+    "{pick} is the right choice for this app.",
+    "Go with {pick}.",
+    "My recommendation: {pick}.",
+    "For your team, {pick} fits best.",
+    "Pick {pick} for the mobile app.",
+]
+REASONS = {  # each point in two wordings: a model does not repeat its sentences verbatim
+    "React Native": [
+        ("Your developers already write JavaScript, so there is little to learn.",
+         "The team knows JavaScript already, which keeps the learning curve flat."),
+        ("One codebase ships to both iOS and Android.",
+         "A single codebase covers iOS and Android alike."),
+        ("Expo makes the first builds and over-the-air updates simple.",
+         "With Expo, early builds and OTA updates take minutes."),
+        ("The ecosystem of libraries is large and mature.",
+         "There is a big, mature library ecosystem to draw on."),
+    ],
+    "Flutter": [
+        ("Dart is quick to learn and the widgets render the same on every device.",
+         "Dart is easy to pick up, and widgets look identical on every device."),
+        ("One codebase ships to both iOS and Android.",
+         "A single codebase covers iOS and Android alike."),
+        ("Hot reload keeps the design loop short.",
+         "Hot reload makes design iterations fast."),
+        ("Google maintains it and the tooling is solid.",
+         "It is backed by Google, with solid tooling."),
+    ],
+}  # fmt: skip
+
+
+def resampling_model(agent: str, body: dict[str, Any]) -> str | None:
+    """A prompt-sensitive fake that never writes the same answer twice: the Finalizer picks its
+    framework by its version's prompt (MARKER-flip → Flutter) and words it afresh every call;
+    the judge reads which framework each answer recommends."""
+    if agent == "judge":
+        return judge_by(lambda x, y: ("Flutter" in x) != ("Flutter" in y))(agent, body)
+    if agent != "finalizer":
+        return None
+    system = body["messages"][0]["content"]
+    pick = "Flutter" if "MARKER-flip" in system else "React Native"
+    rng = random.Random()  # unseeded: every answer is another generation
+    reasons = [rng.choice(r) for r in rng.sample(REASONS[pick], k=rng.randint(2, 4))]
+    tail = "\n".join(f"- {r}" for r in reasons) if rng.random() < 0.5 else " ".join(reasons)
+    return rng.choice(OPENERS).format(pick=pick) + "\n\n" + tail
+
+
+async def test_walkthrough_rewording_stays_quiet_a_flip_alerts(
+    client: Client,
+    settings: Settings,
+    fake_groq: FakeGroq,
+    engine: Any,
+    api: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    fake_groq.responder = resampling_model
+    ids = three_versions(settings, engine, tmp_path)
+    with WorkerProcesses(settings, tmp_path) as workers:
+        await serve_and_activate_v1(workers, client, settings, api, ids)
+        assert (
+            await api.post(f"/versions/{ids['reword']}/shadow", json={"rate": 1.0})
+        ).status_code == 200
+        reworded = [await start_run(api) for _ in range(20)]
+        finals = set()
+        for run_id in reworded:
+            found = await wait_compared(api, run_id)
+            alerts = [
+                (d["agent"], d["reasons"]) for d in found["shadow"]["divergences"] if d["alert"]
+            ]
+            assert not alerts, alerts
+            shadow_run = (await api.get(f"/runs/{found['shadow']['run_id']}")).json()
+            finals |= {found["final_answer"], shadow_run["final_answer"]}
+        assert len(finals) >= 20  # independent generations, not one canned answer
+
+        assert (
+            await api.post(f"/versions/{ids['flip']}/shadow", json={"rate": 1.0})
+        ).status_code == 200
+        flipped = [await start_run(api) for _ in range(3)]
+        for run_id in flipped:
+            found = await wait_compared(api, run_id)
+            verdicts = {d["agent"]: d for d in found["shadow"]["divergences"]}
+            assert verdicts["finalizer"]["alert"], verdicts["finalizer"]
+            # The judge reads the decision; when both happen to open the same way ("Go with
+            # Flutter." / "Go with React Native."), layer 2 sees the swapped name first.
+            assert verdicts["finalizer"]["findings"][0]["layer"] in ("judge", "structure")
+    report = (await api.get(f"/versions/{ids['reword']}/report")).json()
+    assert report["compared_runs"] == 20
+    assert all(a["alerts"] == 0 for a in report["per_agent"].values()), report["per_agent"]
+    alerts = (await api.get("/divergences", params={"version": ids["flip"]})).json()
+    assert {(d["agent"], d["status"]) for d in alerts} == {("finalizer", "alert")}
+    assert len(alerts) == 3
+    # The judge's calls are shadow spend, ledgered against the shadow runs.
+    judged = [c for r in reworded for c in calls_of(engine, f"{r}-shadow") if c.agent == "judge"]
+    assert judged and all(c.shadow for c in judged)

@@ -4,8 +4,11 @@
   always gets the same answer, and over many ids the share sampled is the rate.
 - Shadow spend is ledgered `shadow` and capped per UTC day (SHADOW_DAILY_CAP_USD); it never
   touches a user's budget. Once the cap is reached, sampling pauses and says so.
-- When both runs have finished, each agent's output (and the side-effect intents against the
-  primary's artifacts) is scored by the divergence detector and stored, alert or not.
+- When both runs have finished, each agent's output (and the side effects, as data) is scored
+  by the divergence detector and stored, alert or not, with the layer of each finding. Reruns of
+  the active version against itself (calibration) are stored the same way; how often each
+  signal fires there is that agent's noise (`noise_of`), and a noisy signal is reported as
+  uncertain instead of alerting.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from sqlalchemy import Column, Engine, Text, UniqueConstraint, func
@@ -24,10 +28,16 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from crewline.db import session_scope, utcnow
 from crewline.settings import Settings
-from records.runs import artifacts_of, get_run, intents_of, steps_of
+from records.runs import artifacts_of, checks_of, get_run, intents_of, steps_of
 from records.statuses import AGENTS
 from records.tables import LedgerEntry, Run, from_pico
-from versioning.divergence import compare
+from versioning.divergence.detector import (
+    DEFAULT_THRESHOLD,
+    Finding,
+    Verdict,
+    compare,
+    verdict,
+)
 
 log = structlog.get_logger("crewline.shadow")
 INTENTS = "intents"  # the divergence record comparing side effects
@@ -62,7 +72,15 @@ class DivergenceRow(SQLModel, table=True):
     score: float
     threshold: float
     alert: bool = Field(index=True)
+    # "alert", "uncertain" (a layer spoke but cannot be trusted here) or "quiet"; None on rows
+    # stored before layers existed.
+    status: str | None = Field(default=None, max_length=16)
     reasons_json: str = Field(sa_column=Column(Text, nullable=False))
+    # Each finding with its layer, signal, confidence and detail; the layers that ran; why a
+    # layer did not run (no checks, judge over the cap …).
+    findings_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    layers: str | None = Field(default=None, max_length=200)
+    notes_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     primary_output: str = Field(sa_column=Column(Text, nullable=False))
     shadow_output: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
@@ -70,6 +88,18 @@ class DivergenceRow(SQLModel, table=True):
     @property
     def reasons(self) -> list[str]:
         return list(json.loads(self.reasons_json))
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.findings_json or "[]"))
+
+    @property
+    def notes(self) -> list[str]:
+        return list(json.loads(self.notes_json or "[]"))
+
+    @property
+    def verdict_status(self) -> str:
+        return self.status or ("alert" if self.alert else "quiet")
 
 
 def sampled(run_id: str, salt: str, rate: float) -> bool:
@@ -151,63 +181,162 @@ def shadow_run_of(engine: Engine, run_id: str) -> Run | None:
         return session.exec(select(Run).where(Run.shadow_of == run_id)).first()
 
 
-def _intents_text(engine: Engine, run_id: str, dry_run: bool) -> str:
-    """Side effects as comparable lines: intents of a dry run, artifacts of a real one."""
-    if dry_run:
+@dataclass(frozen=True)
+class Comparison:
+    """What a shadow is compared on: each agent's output in both runs, their side effects as
+    (tool, target) data, and both runs' acceptance checks."""
+
+    primary: Run
+    shadow: Run
+    outputs: list[tuple[str, str, str]]  # (agent, active output, candidate output)
+    effects_a: list[tuple[str, str]]
+    effects_b: list[tuple[str, str]]
+    commands: list[str]
+
+    @property
+    def calibration(self) -> bool:
+        """A rerun of the active version against itself: its noise, not a candidate's verdict."""
+        return self.primary.version is not None and self.primary.version == self.shadow.version
+
+
+def _effects(engine: Engine, run: Run) -> list[tuple[str, str]]:
+    """Side effects as data: the intents of a dry run, the files a real run wrote."""
+    if run.dry_run:
         rows = []
-        for intent in intents_of(engine, run_id):
+        for intent in intents_of(engine, run.run_id):
             args = json.loads(intent.args_json)
-            content = str(args.get("content", ""))
-            digest = hashlib.sha256(content.encode()).hexdigest()[:12] if content else "-"
-            rows.append(f"{intent.tool} {args.get('path', '')} {digest}")
-        return "\n".join(sorted(rows))
-    return "\n".join(
-        sorted(f"write_file {a.path} {a.sha256[:12]}" for a in artifacts_of(engine, run_id))
-    )
+            rows.append((intent.tool, str(args.get("path", ""))))
+        return sorted(rows)
+    return sorted(("write_file", a.path) for a in artifacts_of(engine, run.run_id))
 
 
-def compare_runs(
-    engine: Engine, primary_id: str, shadow_id: str, thresholds: dict[str, float] | None = None
-) -> list[DivergenceRow]:
-    """Score the shadow against its primary per agent and on side effects; store the verdicts
-    (idempotent: a retried comparison rewrites its rows)."""
+def comparison_of(engine: Engine, primary_id: str, shadow_id: str) -> Comparison:
     primary, shadow = get_run(engine, primary_id), get_run(engine, shadow_id)
     if primary is None or shadow is None:
         raise LookupError(f"run {primary_id if primary is None else shadow_id} not found")
     outputs_a = {s.agent: s.output or "" for s in steps_of(engine, primary_id)}
     outputs_b = {s.agent: s.output or "" for s in steps_of(engine, shadow_id)}
-    pairs = [(agent, outputs_a[agent], outputs_b[agent]) for agent in AGENTS
-             if agent in outputs_a and agent in outputs_b]  # fmt: skip
-    pairs.append(
-        (INTENTS, _intents_text(engine, primary_id, bool(primary.dry_run)),
-         _intents_text(engine, shadow_id, True))
+    commands: list[str] = []
+    for run_id in (primary_id, shadow_id):
+        found = checks_of(engine, run_id, "executor")
+        if isinstance(found, list):
+            commands += [str(c) for c in found]
+    return Comparison(
+        primary, shadow,
+        [(agent, outputs_a[agent], outputs_b[agent]) for agent in AGENTS
+         if agent in outputs_a and agent in outputs_b],
+        _effects(engine, primary), _effects(engine, shadow), list(dict.fromkeys(commands)),
     )  # fmt: skip
-    rows = []
-    for agent, a, b in pairs:
-        if agent == INTENTS:
-            same = a == b
-            score, threshold = (1.0 if same else 0.0), 0.5
-            reasons = [] if same else ["intents: v2's side effects differ from v1's"]
-        else:
-            verdict = compare(agent, a, b, query=primary.query, thresholds=thresholds)
-            score, threshold, reasons = verdict.score, verdict.threshold, verdict.reasons
-        rows.append(
-            DivergenceRow(
-                run_id=primary_id, shadow_run_id=shadow_id, agent=agent,
-                active_version=primary.version, candidate_version=shadow.version,
-                score=score, threshold=threshold, alert=score < threshold,
-                reasons_json=json.dumps(reasons), primary_output=a[:20_000],
-                shadow_output=b[:20_000],
-            )
-        )  # fmt: skip
+
+
+def effect_findings(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> list[Finding]:
+    """Side effects compared as data. Another file name is another honest generation; writing
+    nothing where the active version wrote, or using a side-effect tool it never used, is not."""
+    if a and not b:
+        why = f"the candidate wrote no files; the active version wrote {len(a)}"
+        return [Finding("structure", "effects:none", 0.9, why)]
+    new_tools = {tool for tool, _ in b} - {tool for tool, _ in a}
+    if new_tools:
+        return [Finding("structure", "effects:new-tool", 0.85,
+                        f"the candidate uses {', '.join(sorted(new_tools))}, which the active "
+                        "version never did")]  # fmt: skip
+    return []
+
+
+def effects_text(effects: list[tuple[str, str]]) -> str:
+    return "\n".join(f"{tool} {target}" for tool, target in effects)
+
+
+def family(signal: str) -> str:
+    return signal.partition(":")[0]
+
+
+def active_of(rows: list[DivergenceRow]) -> str | None:
+    """The active version the latest of these comparisons was made against."""
+    latest = max(rows, key=lambda r: r.id or 0, default=None)
+    return latest.active_version if latest else None
+
+
+def noise_of(engine: Engine, version: str | None, min_runs: int = 3) -> dict[str, dict[str, float]]:
+    """Per agent, how often each signal family fires between two runs of `version` itself (its
+    calibration reruns, the latest 50 per agent); agents with fewer than `min_runs` are absent."""
+    if version is None:
+        return {}
+    with Session(engine) as session:
+        rows = session.exec(
+            select(DivergenceRow)
+            .where(DivergenceRow.active_version == version,
+                   DivergenceRow.candidate_version == version)
+            .order_by(col(DivergenceRow.id).desc())
+        ).all()  # fmt: skip
+    per_agent: dict[str, list[DivergenceRow]] = {}
+    for row in rows:
+        if len(per_agent.setdefault(row.agent, [])) < 50:
+            per_agent[row.agent].append(row)
+    noise: dict[str, dict[str, float]] = {}
+    for agent, mine in per_agent.items():
+        if len(mine) < min_runs:
+            continue
+        fired: dict[str, int] = {}
+        for row in mine:
+            for name in {family(f["signal"]) for f in row.findings}:
+                fired[name] = fired.get(name, 0) + 1
+        noise[agent] = {name: n / len(mine) for name, n in sorted(fired.items())}
+    return noise
+
+
+def store_verdicts(
+    engine: Engine, comparison: Comparison, verdicts: dict[str, tuple[Verdict, str, str]]
+) -> list[DivergenceRow]:
+    """Store one row per agent (and one for the side effects), replacing an earlier comparison of
+    the same shadow: a retried comparison rewrites its rows."""
+    primary, shadow = comparison.primary, comparison.shadow
+    rows = [
+        DivergenceRow(
+            run_id=primary.run_id, shadow_run_id=shadow.run_id, agent=agent,
+            active_version=primary.version, candidate_version=shadow.version,
+            score=v.score, threshold=v.threshold, alert=v.alert, status=v.status,
+            reasons_json=json.dumps(v.reasons),
+            findings_json=json.dumps([f.as_dict() for f in v.findings]),
+            layers=",".join(v.layers), notes_json=json.dumps(list(v.notes)),
+            primary_output=a[:20_000], shadow_output=b[:20_000],
+        )
+        for agent, (v, a, b) in verdicts.items()
+    ]  # fmt: skip
     with session_scope(engine) as session:
         for old in session.exec(
-            select(DivergenceRow).where(DivergenceRow.shadow_run_id == shadow_id)
+            select(DivergenceRow).where(DivergenceRow.shadow_run_id == shadow.run_id)
         ):
             session.delete(old)
         session.flush()
         session.add_all(rows)
     return rows
+
+
+def offline_verdicts(
+    comparison: Comparison, threshold: float, noise: dict[str, dict[str, float]] | None = None
+) -> dict[str, tuple[Verdict, str, str]]:
+    """Layers 1-2 on every agent's pair, and the side effects as data."""
+    query = comparison.primary.query
+    out: dict[str, tuple[Verdict, str, str]] = {}
+    for agent, a, b in comparison.outputs:
+        found = compare(agent, a, b, query=query, threshold=threshold,
+                        noise=(noise or {}).get(agent))  # fmt: skip
+        out[agent] = (found, a, b)
+    effects = verdict(INTENTS, effect_findings(comparison.effects_a, comparison.effects_b),
+                      threshold=threshold, layers=("structure",))  # fmt: skip
+    out[INTENTS] = (effects, effects_text(comparison.effects_a), effects_text(comparison.effects_b))
+    return out
+
+
+def compare_runs(
+    engine: Engine, primary_id: str, shadow_id: str, threshold: float = DEFAULT_THRESHOLD
+) -> list[DivergenceRow]:
+    """The offline comparison (layers 1-2, calibrated), stored. `services.shadow` adds the
+    behaviour and judge layers."""
+    comparison = comparison_of(engine, primary_id, shadow_id)
+    noise = None if comparison.calibration else noise_of(engine, comparison.primary.version)
+    return store_verdicts(engine, comparison, offline_verdicts(comparison, threshold, noise))
 
 
 def divergences(
@@ -218,6 +347,7 @@ def divergences(
     run_id: str | None = None,
     shadow_run_id: str | None = None,
     alerts_only: bool = False,
+    status: str | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> list[DivergenceRow]:
@@ -231,7 +361,14 @@ def divergences(
             stmt = stmt.where(DivergenceRow.run_id == run_id)
         if shadow_run_id is not None:
             stmt = stmt.where(DivergenceRow.shadow_run_id == shadow_run_id)
-        if alerts_only:
+        if alerts_only or status == "alert":
             stmt = stmt.where(col(DivergenceRow.alert).is_(True))
+        elif status == "uncertain":
+            stmt = stmt.where(DivergenceRow.status == "uncertain")
+        elif status == "quiet":
+            stmt = stmt.where(
+                col(DivergenceRow.alert).is_(False),
+                func.coalesce(DivergenceRow.status, "quiet") != "uncertain",
+            )
         stmt = stmt.order_by(col(DivergenceRow.score), col(DivergenceRow.id).desc())
         return list(session.exec(stmt.offset(offset).limit(limit)))

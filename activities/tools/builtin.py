@@ -10,6 +10,7 @@ shows in `crewline version diff`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -57,7 +58,7 @@ class Resources:
 
 
 async def workspace_files(
-    settings: Settings, db: DbRunner, run_id: str, dry_run: bool
+    settings: Settings, db: Callable[..., Awaitable[Any]], run_id: str, dry_run: bool
 ) -> dict[str, bytes]:
     """A run's files as a command in the sandbox sees them: what it wrote, or in a dry run what
     it would have written (its intents)."""

@@ -5,7 +5,7 @@ decides on (`GET /versions/{id}/report`) — thin over `services.shadow`. Includ
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
 
@@ -69,13 +69,20 @@ async def list_divergences(
     agent: Annotated[str | None, Query()] = None,
     shadow_run_id: Annotated[str | None, Query()] = None,
     alerts_only: Annotated[bool, Query()] = True,
+    status: Annotated[
+        Literal["alert", "uncertain", "quiet"] | None,
+        Query(description="only verdicts of this status (overrides alerts_only)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[DivergenceOut]:
-    """Verdicts of shadow comparisons, lowest score first (alerts only, by default)."""
+    """Verdicts of shadow comparisons, lowest score first: alerts only by default;
+    `status=uncertain` lists the pairs a layer spoke on but could not be trusted (a judge that
+    flipped with the order, a signal that is the active version's own noise), apart from alerts.
+    Each verdict names the layer of every finding and the layers that ran."""
     return await services.shadow.divergences(
         key, version=version, agent=agent, shadow_run_id=shadow_run_id,
-        alerts_only=alerts_only, limit=limit, offset=offset,
+        alerts_only=alerts_only and status is None, status=status, limit=limit, offset=offset,
     )  # fmt: skip
 
 

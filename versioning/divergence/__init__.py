@@ -1,9 +1,10 @@
-"""The divergence detector: does v2's output regress from v1's in a way a user would notice?
+"""The divergence detector: does the candidate's output regress from the active version's in a
+way a user would notice — or is it only another honest generation of the same answer?
 
-`compare(agent, v1_output, v2_output)` → `Verdict(score in [0, 1], reasons, alert)`. Offline and
-deterministic; see `signals.py` for what is compared and `evaluate.py` for scoring labelled pairs.
+`compare(agent, a, b)` → `Verdict` (layers 1-2, offline); `detector` documents the layers and the
+score; `judge` is layer 4; `evaluate` scores labelled pairs.
 """
 
-from versioning.divergence.detector import DEFAULT_THRESHOLDS, Verdict, compare
+from versioning.divergence.detector import DEFAULT_THRESHOLD, Finding, Verdict, compare
 
-__all__ = ["DEFAULT_THRESHOLDS", "Verdict", "compare"]
+__all__ = ["DEFAULT_THRESHOLD", "Finding", "Verdict", "compare"]

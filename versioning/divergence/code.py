@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from versioning.divergence.text import FENCE, code_blocks
+from versioning.divergence.text import FENCE, FILE_BLOCK, code_blocks
 
 _TOKEN = re.compile(
     r"""(?P<comment>\#[^\n]*|//[^\n]*|/\*.*?\*/|--\s[^\n]*)
@@ -138,3 +138,21 @@ def same_multiset(a: list[Any], b: list[Any]) -> bool:
 
 def code_of(text: str) -> str:
     return "\n".join(code_blocks(text))
+
+
+_DATA_FENCE = re.compile(r"```(?:json|jsonc|yaml|yml|csv|tsv|text|txt|output|console|log)\b", re.I)
+
+
+def program_of(text: str) -> str:
+    """The code that runs: code blocks without the data, sample output and examples they show."""
+    kept = [m.group(1) for m in FILE_BLOCK.finditer(text)]
+    for match in FENCE.finditer(text):
+        body = match.group(1)
+        if _DATA_FENCE.match(text, match.start()):
+            continue
+        try:
+            json.loads(body)
+            continue  # data, whatever the fence says
+        except ValueError:
+            kept.append(body)
+    return "\n".join(kept)

@@ -147,7 +147,11 @@ REFUSAL = re.compile(
 PLACEHOLDER = re.compile(r"\b(tbd|todo|tba|n/a|lorem ipsum|placeholder|coming soon|\.\.\.)\b", re.I)
 
 
-LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)])\s+(.*\S)", re.M)
+LIST_ITEM = re.compile(
+    r"^\s*(?:[-*+•]|\d{1,2}[.):]|\[[ xX]\]|(?:step|phase|stage)\s+\d{1,2}[.:),]?|[a-h][.)])"
+    r"\s+(.*\S)",
+    re.M | re.IGNORECASE,
+)
 
 
 def list_items(text: str) -> list[str]:
@@ -188,8 +192,33 @@ def ends_abruptly(text: str) -> bool:
     if re.search(r"[.!?:;)\]}\"'`*>%…]$|\d$", last):
         return False
     bare = LIST_MARKER.sub("", last)
-    # A short list item or a label needs no full stop; a long line ending in a word does.
-    return len(WORD.findall(bare)) >= 6 or bool(re.search(r"[,(\-–—]$", last))
+    if LIST_MARKER.match(text.rstrip().splitlines()[-1]):
+        # A list item: cut off only if it breaks the punctuation its sibling items keep.
+        items = [x.strip() for x in text.splitlines() if LIST_MARKER.match(x)][:-1]
+        ends = sum(bool(re.search(r"[.!?:;)\]}\"'`*>%…]$", x)) for x in items)
+        return len(items) >= 2 and ends >= 0.8 * len(items) and len(WORD.findall(bare)) >= 3
+    # A short list item or a label needs no full stop; a long line ending in a word does, and so
+    # does the last line of a wrapped paragraph (its line above is prose too).
+    lines = text.rstrip().splitlines()
+    above = lines[-2].strip() if len(lines) >= 2 else ""
+    continues = (
+        bool(above) and not LIST_MARKER.match(lines[-1]) and not above.startswith(("#", "|", "```"))
+        and len(WORD.findall(above)) >= 6 and len(WORD.findall(bare)) >= 3
+    )  # fmt: skip
+    return len(WORD.findall(bare)) >= 6 or continues or bool(re.search(r"[,(\-–—]$", last))
+
+
+def breaks_its_style(text: str) -> bool:
+    """The last line stops unpunctuated where the answer's other lines of its kind all end with
+    punctuation: cut off, even when it ends on a figure ("… 160 GSM-7")."""
+    lines = [x.strip() for x in prose(text).splitlines() if len(WORD.findall(x)) >= 5]
+    if len(lines) < 4 or text.count("```") % 2:
+        return False
+    last, others = lines[-1], lines[:-1]
+    if text.rstrip().splitlines()[-1].strip() != last:
+        return False
+    punctuated = sum(bool(re.search(r"[.!?:;)\]}\"'`*>%…]$", x)) for x in others)
+    return punctuated >= 0.9 * len(others) and not re.search(r"[.!?:;)\]}\"'`*>…]$", last)
 
 
 @cache
