@@ -118,6 +118,10 @@ async def _change(
     try:
         await deployment.set_current(client, settings, target, token, identity=by or "crewline")
     except DeploymentConflictError:
+        # Lost a race: if the winner made `target` current (the reconciler's first-start
+        # activation, the same request sent twice), what was asked for holds.
+        if if_token is None and (await deployment.describe(client, settings)).current == target:
+            return ActivationResult(action, leaving, target, changed=False)
         raise ActivationConflictError(
             "the deployment changed while this request was made (another activation or "
             "rollback won); read `crewline version list` and try again (nothing was changed)"
