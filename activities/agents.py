@@ -311,14 +311,17 @@ class AgentActivities:
     @activity.defn(name="agent_turn")
     @agent_step
     async def turn(self, inp: TurnInput) -> TurnResult:
-        recorded = await self._write(store.turn_of, inp.run_id, inp.agent, inp.turn)
+        agent = spec(inp.agent)
+        state = await self._write(
+            store.turn_state, inp.run_id, inp.agent, inp.turn,
+            artifacts=agent.output == Output.ANSWER,
+        )  # fmt: skip
+        recorded, history = state.recorded, state.history
         if recorded is not None and recorded[0].status == StepStatus.COMPLETED:
             # Its answer is recorded (the result never reached Temporal, or a retry after the
             # settle): it is the checkpoint — return it, never call the model again.
             return await self._from_record(inp, *recorded)
-        agent = spec(inp.agent)
-        history = await self._write(store.transcript_of, inp.run_id, inp.agent, inp.turn)
-        messages = await self._conversation(inp, agent, history)
+        messages = await self._conversation(inp, agent, history, state.context)
         ask = ModelCall(
             model=agent.model or model_for(self._settings, inp.agent),
             messages=messages,
@@ -416,12 +419,13 @@ class AgentActivities:
         )  # fmt: skip
 
     async def _conversation(
-        self, inp: TurnInput, agent: AgentSpec, history: list[tuple[Turn, list[ToolCall]]]
+        self,
+        inp: TurnInput,
+        agent: AgentSpec,
+        history: list[tuple[Turn, list[ToolCall]]],
+        context: dict[str, str],
     ) -> list[dict[str, Any]]:
         """The agent's instructions and task, then its turns so far with their tool results."""
-        context = await self._write(
-            store.context_of, inp.run_id, artifacts=agent.output == Output.ANSWER
-        )
         if agent.output == Output.ANSWER:
             context["checks"] = checks.describe(
                 await self._write(store.checks_of, inp.run_id, "coder")
@@ -505,7 +509,7 @@ class AgentActivities:
     @activity.defn(name="agent_tool")
     @agent_step
     async def tool(self, inp: ToolInput) -> ToolResult:
-        row = await self._write(store.tool_call_of, inp.run_id, inp.agent, inp.call_id)
+        row = await self._write(store.tool_call_claim, inp.run_id, inp.agent, inp.call_id)
         if row is None:
             raise ApplicationError(
                 f"{inp.agent}: tool call {inp.call_id} of turn {inp.turn} is not recorded",
@@ -513,7 +517,6 @@ class AgentActivities:
             )  # fmt: skip
         if row.status == "COMPLETED":  # done before (its result never reached Temporal)
             return self._tool_result(row)
-        await self._write(store.tool_call_started, inp.run_id, inp.agent, inp.call_id)
         ctx = ToolContext(
             run_id=inp.run_id, dry_run=inp.dry_run, agent=inp.agent, shadow_of=inp.shadow_of,
             call_id=inp.call_id, intent_seq=row.id or 0,

@@ -37,7 +37,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench import peers
 from bench.harness import free_port, throughput
-from bench.temporal_floor import NoopPipeline, fake_llm
+from bench.temporal_floor import STEPS, NoopPipeline, fake_llm
 from crewline.process import stop_processes
 from crewline.settings import Settings
 from crewline.temporal import DATA_CONVERTER, DevServer
@@ -64,7 +64,9 @@ def crewline_settings(address: str, queue: str, data: Path, delay_s: float) -> S
     )  # fmt: skip
 
 
-async def serve(system: str, address: str, queue: str, data: Path, delay_s: float) -> None:
+async def serve(
+    system: str, address: str, queue: str, data: Path, delay_s: float, tools: int
+) -> None:
     """Run one system's worker until SIGTERM; print `ready` once it polls."""
     from temporalio.worker import Worker
 
@@ -75,14 +77,25 @@ async def serve(system: str, address: str, queue: str, data: Path, delay_s: floa
         from workers.main import build_worker
 
         settings = crewline_settings(address, queue, data, delay_s)
-        worker = build_worker(await connect(settings, worker=True), settings, search_backend=None)
+        client = await connect(settings, worker=True)
+        if tools:
+            from bench.tool_agents import InstantSearch, ToolScript
+
+            worker = build_worker(
+                client, settings, llm=ToolScript(settings, tools), search_backend=InstantSearch()
+            )
+        else:
+            worker = build_worker(client, settings, search_backend=None)
     elif system == "floor":
         client = await Client.connect(address, data_converter=pydantic_data_converter)
         worker = Worker(client, task_queue=queue, workflows=[NoopPipeline], activities=[fake_llm])
     else:
         peer = peers.load(system)
         client = await Client.connect(address, plugins=[peer.plugin()])
-        worker = Worker(client, task_queue=queue, workflows=[peer.Pipeline])
+        worker = Worker(
+            client, task_queue=queue, workflows=[peer.Pipeline],
+            activities=getattr(peer, "ACTIVITIES", []),
+        )  # fmt: skip
     async with worker:
         print("ready", flush=True)
         await stop.wait()
@@ -96,6 +109,7 @@ class WorkerProcesses:
     data: Path
     count: int = 1
     delay_s: float = 0.0
+    tools: int = 0
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def __enter__(self) -> WorkerProcesses:
@@ -103,7 +117,7 @@ class WorkerProcesses:
             command = [
                 sys.executable, "-m", "bench.systems", "--serve", self.system, "--address",
                 self.address, "--queue", self.queue, "--data", str(self.data),
-                "--delay", str(self.delay_s),
+                "--delay", str(self.delay_s), "--tools", str(self.tools),
             ]  # fmt: skip
             # Python as installed: bytecode caches on (this machine's environment turns them
             # off, which makes every sandboxed workflow run compile its module from source).
@@ -126,9 +140,12 @@ class WorkerProcesses:
 
 # ---- the driver ----------------------------------------------------------------------------------
 async def starter(
-    system: str, address: str, queue: str, delay_s: float = 0.0
+    system: str, address: str, queue: str, delay_s: float = 0.0, tools: int = 0
 ) -> Callable[[], Awaitable[str]]:
-    """A function that runs one pipeline to completion with the system's own client."""
+    """A function that runs one pipeline to completion with the system's own client. With
+    `tools`, the floor runs as many no-op activities as the others take durable steps (5 agents,
+    the first with `tools` calls: 5 + 2 * tools)."""
+    steps = STEPS + 2 * tools
     if system in ("floor", "crewline"):
         converter = DATA_CONVERTER if system == "crewline" else pydantic_data_converter
         client = await Client.connect(address, data_converter=converter)
@@ -138,7 +155,9 @@ async def starter(
     async def run_once() -> str:
         run_id = f"bench-{system}-{uuid.uuid4().hex[:12]}"
         if system == "floor":
-            await client.execute_workflow(NoopPipeline.run, delay_s, id=run_id, task_queue=queue)
+            await client.execute_workflow(
+                NoopPipeline.run, args=[delay_s, steps], id=run_id, task_queue=queue
+            )
         elif system == "crewline":
             from workflows.pipeline import AgentPipelineWorkflow, PipelineInput
 
@@ -148,26 +167,40 @@ async def starter(
             )  # fmt: skip
         else:
             flow = peers.load(system).Pipeline
-            await client.execute_workflow(flow.run, QUERY, id=run_id, task_queue=queue)
+            args = [QUERY, tools] if tools else [QUERY]
+            await client.execute_workflow(flow.run, args=args, id=run_id, task_queue=queue)
         return run_id
 
     run_once.client = client  # type: ignore[attr-defined]
     return run_once
 
 
-async def history_size(client: Client, run_id: str) -> tuple[int, int, int]:
-    """(protobuf bytes, JSON bytes as `temporal workflow show --output json` prints, events)."""
+async def history_size(client: Client, run_id: str) -> tuple[int, int, int, int]:
+    """(protobuf bytes, JSON bytes as `temporal workflow show --output json` prints, events,
+    durable steps: the activities the run scheduled)."""
     history = await client.get_workflow_handle(run_id).fetch_history()
-    return sum(e.ByteSize() for e in history.events), len(history.to_json()), len(history.events)
+    steps = sum(e.HasField("activity_task_scheduled_event_attributes") for e in history.events)
+    return (
+        sum(e.ByteSize() for e in history.events), len(history.to_json()), len(history.events),
+        steps,
+    )  # fmt: skip
 
 
 async def measure(
-    system: str, server: DevServer, data: Path, sequential: int, total: int, in_flight: int
+    system: str,
+    server: DevServer,
+    data: Path,
+    sequential: int,
+    total: int,
+    in_flight: int,
+    tools: int = 0,
 ) -> dict[str, float]:
+    """Per-step overhead is a sequential run's wall time over its durable steps (the activities
+    its history scheduled: model turns, tool calls and whatever else the system records)."""
     queue = f"bench-{system}-{uuid.uuid4().hex[:6]}"
     assert server.process is not None
-    with WorkerProcesses(system, server.address, queue, data) as workers:
-        run_once = await starter(system, server.address, queue)
+    with WorkerProcesses(system, server.address, queue, data, tools=tools) as workers:
+        run_once = await starter(system, server.address, queue, tools=tools)
         for _ in range(3):
             await run_once()  # warm-up (imports, caches, sandbox)
         latencies = []
@@ -179,9 +212,12 @@ async def measure(
         rate = await throughput(run_once, in_flight, total)
         cpu_worker = (workers.cpu() - cpu_worker) / total * 1000
         cpu_server = (cpu_seconds(server.process.pid) - cpu_server) / total * 1000
-        size, json_size, events = await history_size(run_once.client, await run_once())  # type: ignore[attr-defined]
+        client = run_once.client  # type: ignore[attr-defined]
+        size, json_size, events, steps = await history_size(client, await run_once())
     return {
-        "step_ms_p50": statistics.median(latencies) / 5,
+        "steps": steps,
+        "run_ms_p50": statistics.median(latencies),
+        "step_ms_p50": statistics.median(latencies) / steps,
         "runs_per_s": rate,
         "worker_cpu_ms_per_run": cpu_worker,
         "server_cpu_ms_per_run": cpu_server,
@@ -218,13 +254,14 @@ def report(rounds: list[dict[str, dict[str, float]]], systems: list[str]) -> str
         return statistics.median(r[system][key] for r in rounds if system in r)
 
     header = (
-        f"{'':<16}{'per-step p50':>14}{'runs/s @20':>12}{'worker CPU/run':>16}"
+        f"{'':<16}{'steps':>6}{'per-step p50':>14}{'runs/s @20':>12}{'worker CPU/run':>16}"
         f"{'server CPU/run':>16}{'history':>10}{'(JSON)':>9}{'events':>8}"
     )
     lines = [header]
     for system in systems:
         lines.append(
-            f"{system:<16}{med(system, 'step_ms_p50'):>11.1f} ms{med(system, 'runs_per_s'):>12.1f}"
+            f"{system:<16}{med(system, 'steps'):>6.0f}{med(system, 'step_ms_p50'):>11.1f} ms"
+            f"{med(system, 'runs_per_s'):>12.1f}"
             f"{med(system, 'worker_cpu_ms_per_run'):>13.1f} ms"
             f"{med(system, 'server_cpu_ms_per_run'):>13.1f} ms"
             f"{med(system, 'history_bytes') / 1000:>8.1f}kB"
@@ -253,7 +290,15 @@ async def main(args: argparse.Namespace) -> None:
             except ImportError as exc:
                 print(f"left out: {exc}", flush=True)
                 systems.remove(system)
-    results: dict[str, Any] = {"systems": systems, "rounds": [], "started": time.time()}
+    if args.tools and "pydantic-ai" in systems:
+        print("left out: pydantic-ai (the --tools workload is not modelled for it)", flush=True)
+        systems.remove("pydantic-ai")
+    results: dict[str, Any] = {
+        "systems": systems,
+        "tools": args.tools,
+        "rounds": [],
+        "started": time.time(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         server = DevServer(workdir / "temporal.db", port=free_port(), ui_port=free_port())
@@ -270,10 +315,12 @@ async def main(args: argparse.Namespace) -> None:
                         args.sequential,
                         args.total,
                         args.in_flight,
+                        args.tools,
                     )
                     m = measured[system]
                     print(
-                        f"round {round_no + 1} {system:<14} {m['step_ms_p50']:6.1f} ms/step "
+                        f"round {round_no + 1} {system:<14} {m['steps']:3.0f} steps "
+                        f"{m['step_ms_p50']:6.1f} ms/step "
                         f"{m['runs_per_s']:6.1f} runs/s  CPU/run worker "
                         f"{m['worker_cpu_ms_per_run']:5.1f} server "
                         f"{m['server_cpu_ms_per_run']:5.1f} ms", flush=True,
@@ -311,6 +358,10 @@ if __name__ == "__main__":
     parser.add_argument("--queue", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tools", type=int, default=0,
+        help="the first agent makes this many tool calls, one per turn (0: five plain steps)",
+    )  # fmt: skip
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sequential", type=int, default=30)
@@ -321,7 +372,7 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=Path("bench/results/systems.json"))
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve, args.address, args.queue, args.data, args.delay))
+        asyncio.run(serve(args.serve, args.address, args.queue, args.data, args.delay, args.tools))
     else:
         asyncio.run(main(args))
     sys.stdout.flush()

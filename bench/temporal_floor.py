@@ -1,4 +1,5 @@
-"""Temporal's own floor: five no-op activities in a workflow, on the same embedded server.
+"""Temporal's own floor: no-op activities in a workflow (five, or as many as the workload has
+durable steps), on the same embedded server.
 
 Same server (shipped tuning), same client and data converter, same worker defaults as crewline
 (sandboxed workflow, eager activities) — but no crewline code: no database writes, no prompts, no
@@ -29,12 +30,12 @@ async def fake_llm(delay_s: float) -> str:
 @workflow.defn(name="BenchNoopPipeline")
 class NoopPipeline:
     @workflow.run
-    async def run(self, delay_s: float) -> int:
-        for _ in range(STEPS):
+    async def run(self, delay_s: float, steps: int = STEPS) -> int:
+        for _ in range(steps):
             await workflow.execute_activity(
                 fake_llm, delay_s, start_to_close_timeout=timedelta(minutes=1)
             )
-        return STEPS
+        return steps
 
 
 @asynccontextmanager

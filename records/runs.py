@@ -105,12 +105,14 @@ def context_of(engine: Engine, run_id: str, *, artifacts: bool = False) -> dict[
     ledger row before the next step started) instead of travelling through the workflow's
     history."""
     with engine.connect() as conn:
-        found = {
-            agent: output or "" for agent, output in conn.execute(_OUTPUTS, {"p_run_id": run_id})
-        }
-        if artifacts and "coder" in found:
-            paths = sorted(p for (p,) in conn.execute(_ARTIFACTS, {"p_run_id": run_id}))
-            found["artifacts"] = "\n".join(f"- {p}" for p in paths) or "(none)"
+        return _context_in(conn, run_id, artifacts)
+
+
+def _context_in(conn: Connection, run_id: str, artifacts: bool) -> dict[str, str]:
+    found = {agent: output or "" for agent, output in conn.execute(_OUTPUTS, {"p_run_id": run_id})}
+    if artifacts and "coder" in found:
+        paths = sorted(p for (p,) in conn.execute(_ARTIFACTS, {"p_run_id": run_id}))
+        found["artifacts"] = "\n".join(f"- {p}" for p in paths) or "(none)"
     return found
 
 
@@ -350,17 +352,44 @@ def turn_of(
 ) -> tuple[Turn, list[ToolCall]] | None:
     """A recorded turn and its tool calls, or None."""
     with Session(engine) as session:
-        row = session.exec(
-            select(Turn).where(Turn.run_id == run_id, Turn.agent == agent, Turn.turn == turn)
-        ).first()
-        if row is None:
-            return None
-        calls = session.exec(
-            select(ToolCall)
-            .where(ToolCall.run_id == run_id, ToolCall.agent == agent, ToolCall.turn == turn)
-            .order_by(col(ToolCall.seq))
-        ).all()
-        return row, list(calls)
+        return _turn_in(session, run_id, agent, turn)
+
+
+# Built once, executed with parameters: a turn reads these before every model call.
+_CALLS_OF = (col(ToolCall.run_id) == bindparam("p_run_id")) & (
+    col(ToolCall.agent) == bindparam("p_agent")
+)
+_THIS_TURN = select(Turn).where(
+    col(Turn.run_id) == bindparam("p_run_id"), col(Turn.agent) == bindparam("p_agent"),
+    col(Turn.turn) == bindparam("p_turn"),
+)  # fmt: skip
+_TURN_CALLS = (
+    select(ToolCall)
+    .where(_CALLS_OF, col(ToolCall.turn) == bindparam("p_turn"))
+    .order_by(col(ToolCall.seq))
+)  # fmt: skip
+_TURNS_BEFORE = (
+    select(Turn)
+    .where(col(Turn.run_id) == bindparam("p_run_id"), col(Turn.agent) == bindparam("p_agent"),
+           col(Turn.turn) < bindparam("p_turn"), col(Turn.status) == "COMPLETED")
+    .order_by(col(Turn.turn))
+)  # fmt: skip
+_CALLS_BEFORE = (
+    select(ToolCall)
+    .where(_CALLS_OF, col(ToolCall.turn) < bindparam("p_turn"))
+    .order_by(col(ToolCall.turn), col(ToolCall.seq))
+)  # fmt: skip
+_THE_CALL = select(ToolCall).where(_CALLS_OF, col(ToolCall.call_id) == bindparam("p_call_id"))
+
+
+def _turn_in(
+    session: Session, run_id: str, agent: str, turn: int
+) -> tuple[Turn, list[ToolCall]] | None:
+    params = {"p_run_id": run_id, "p_agent": agent, "p_turn": turn}
+    row = session.exec(_THIS_TURN, params=params).first()
+    if row is None:
+        return None
+    return row, list(session.exec(_TURN_CALLS, params=params).all())
 
 
 def transcript_of(
@@ -368,30 +397,41 @@ def transcript_of(
 ) -> list[tuple[Turn, list[ToolCall]]]:
     """An agent's finished turns before `before`, each with its tool calls, in order."""
     with Session(engine) as session:
-        turns = session.exec(
-            select(Turn)
-            .where(Turn.run_id == run_id, Turn.agent == agent, Turn.turn < before,
-                   Turn.status == "COMPLETED")
-            .order_by(col(Turn.turn))
-        ).all()  # fmt: skip
-        calls = session.exec(
-            select(ToolCall)
-            .where(ToolCall.run_id == run_id, ToolCall.agent == agent, ToolCall.turn < before)
-            .order_by(col(ToolCall.turn), col(ToolCall.seq))
-        ).all()
+        return _transcript_in(session, run_id, agent, before)
+
+
+def _transcript_in(
+    session: Session, run_id: str, agent: str, before: int
+) -> list[tuple[Turn, list[ToolCall]]]:
+    params = {"p_run_id": run_id, "p_agent": agent, "p_turn": before}
+    turns = session.exec(_TURNS_BEFORE, params=params).all()
+    if not turns:
+        return []
     by_turn: dict[int, list[ToolCall]] = {}
-    for call in calls:
+    for call in session.exec(_CALLS_BEFORE, params=params).all():
         by_turn.setdefault(call.turn, []).append(call)
     return [(t, by_turn.get(t.turn, [])) for t in turns]
 
 
-def tool_call_of(engine: Engine, run_id: str, agent: str, call_id: str) -> ToolCall | None:
+@dataclass(frozen=True)
+class TurnState:
+    """What a turn reads before it runs, in one read: its own record (a retry's checkpoint),
+    the agent's turns before it, and the earlier steps' outputs."""
+
+    recorded: tuple[Turn, list[ToolCall]] | None
+    history: list[tuple[Turn, list[ToolCall]]]
+    context: dict[str, str]
+
+
+def turn_state(
+    engine: Engine, run_id: str, agent: str, turn: int, *, artifacts: bool = False
+) -> TurnState:
     with Session(engine) as session:
-        return session.exec(
-            select(ToolCall).where(
-                ToolCall.run_id == run_id, ToolCall.agent == agent, ToolCall.call_id == call_id
-            )
-        ).first()
+        recorded = _turn_in(session, run_id, agent, turn)
+        if recorded is not None and recorded[0].status == "COMPLETED":
+            return TurnState(recorded, [], {})
+        history = _transcript_in(session, run_id, agent, turn)
+        return TurnState(recorded, history, _context_in(session.connection(), run_id, artifacts))
 
 
 @dataclass(frozen=True)
@@ -418,14 +458,16 @@ def tool_call_done(engine: Engine, run_id: str, agent: str, call_id: str, done: 
         )  # fmt: skip
 
 
-def tool_call_started(engine: Engine, run_id: str, agent: str, call_id: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(ToolCall)
-            .where(col(ToolCall.run_id) == run_id, col(ToolCall.agent) == agent,
-                   col(ToolCall.call_id) == call_id, col(ToolCall.started_at).is_(None))
-            .values(started_at=utcnow())
-        )  # fmt: skip
+def tool_call_claim(engine: Engine, run_id: str, agent: str, call_id: str) -> ToolCall | None:
+    """The recorded call (None if there is none), marked started unless it already was."""
+    with Session(engine, expire_on_commit=False) as session:
+        params = {"p_run_id": run_id, "p_agent": agent, "p_call_id": call_id}
+        row = session.exec(_THE_CALL, params=params).first()
+        if row is not None and row.status != "COMPLETED" and row.started_at is None:
+            row.started_at = utcnow()
+            session.add(row)
+            session.commit()
+        return row
 
 
 def add_feedback(engine: Engine, run_id: str, agent: str, turn: int, text: str) -> None:
@@ -492,18 +534,20 @@ def step_usage_in(conn: Connection, run_id: str, agent: str, **fields: Any) -> N
     """The step row after one of its turns: `fields`, and its tokens and cost as the sums of its
     turns (every attempt of each)."""
     upsert_step_in(conn, run_id, agent, **fields)
-    mine = (col(Turn.run_id) == run_id) & (col(Turn.agent) == agent)
-    conn.execute(
-        update(Step)
-        .where(col(Step.run_id) == run_id, col(Step.agent) == agent)
-        .values(
-            prompt_tokens=select(func.sum(Turn.prompt_tokens)).where(mine).scalar_subquery(),
-            completion_tokens=select(func.sum(Turn.completion_tokens))
-            .where(mine)
-            .scalar_subquery(),
-            cost_usd=select(func.sum(Turn.cost_usd)).where(mine).scalar_subquery(),
-        )
+    conn.execute(_STEP_SUMS, {"p_run_id": run_id, "p_agent": agent})
+
+
+# Built once (constructing it was a tenth of a turn's database time, bench --tools 3).
+_MINE = (col(Turn.run_id) == bindparam("p_run_id")) & (col(Turn.agent) == bindparam("p_agent"))
+_STEP_SUMS = (
+    update(Step)
+    .where(col(Step.run_id) == bindparam("p_run_id"), col(Step.agent) == bindparam("p_agent"))
+    .values(
+        prompt_tokens=select(func.sum(Turn.prompt_tokens)).where(_MINE).scalar_subquery(),
+        completion_tokens=select(func.sum(Turn.completion_tokens)).where(_MINE).scalar_subquery(),
+        cost_usd=select(func.sum(Turn.cost_usd)).where(_MINE).scalar_subquery(),
     )
+)
 
 
 def finish_step(

@@ -18,6 +18,7 @@ so the agent can correct itself — it never fails the step or re-bills the mode
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import typing
@@ -72,7 +73,7 @@ class ToolSpec:
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style function declaration both providers take."""
-        parameters = _strip_titles(self.args_model().model_json_schema())
+        parameters = _parameters(self.name, self.fn)
         return {
             "type": "function",
             "function": {
@@ -83,6 +84,15 @@ class ToolSpec:
         }
 
 
+# Built once per tool: pydantic's create_model was half of a model turn's own CPU when it ran
+# for every turn and every call (bench/systems.py --tools 3, py-spy).
+@functools.cache
+def _parameters(name: str, fn: ToolFn) -> dict[str, Any]:
+    """The arguments' JSON schema (shared: read it, never change it)."""
+    return _strip_titles(_args_model(name, fn).model_json_schema())  # type: ignore[no-any-return]
+
+
+@functools.cache
 def _args_model(name: str, fn: ToolFn) -> type[BaseModel]:
     hints = typing.get_type_hints(fn, include_extras=True)
     fields: dict[str, Any] = {}
