@@ -119,6 +119,11 @@ def decide(
         notes.append("its answer was cut off at the token limit (max_tokens) on its last turn")
     if response.tool_calls:
         notes.append("it asked for tools on its last turn; they were not run")
+    if response.cut_from:
+        notes.append(
+            f"its answer was {response.cut_from:,} characters: the first "
+            f"{len(response.text):,} are kept"
+        )
     decision = Decision(finished=True, output=answer)
     if spec.output == Output.FILES:
         return _files(inp, answer, history, decision, notes, response.finish_reason == "length")

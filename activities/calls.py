@@ -14,6 +14,7 @@ status) is released. One row per (workflow, activity, attempt): nothing is charg
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import random
@@ -42,7 +43,7 @@ from activities.llm import LLMProvider, LLMRequest, LLMResponse
 from activities.persist import persist
 from activities.ratelimit import RateLimiter, Throttle, blocked_for
 from costs.budget import BudgetExhaustedError, CallPlan, estimate_tokens, plan_call
-from costs.pricing import Pricer
+from costs.pricing import Priced, Pricer, UnknownPriceError
 from crewline.db import DbRunner
 from crewline.metrics import Metrics
 from crewline.settings import Settings
@@ -105,6 +106,15 @@ class CallOutcome:
     max_tokens_shrunk: bool
 
 
+# A call's tokens beyond this are not usage but a provider's bug (no context window is this big).
+MAX_PLAUSIBLE_TOKENS = 50_000_000
+
+
+def _plausible(response: LLMResponse) -> bool:
+    counts = (response.prompt_tokens or 0, response.completion_tokens or 0)
+    return all(0 <= n <= MAX_PLAUSIBLE_TOKENS for n in counts)
+
+
 class MeteredCaller:
     def __init__(
         self,
@@ -129,6 +139,7 @@ class MeteredCaller:
         self._throttle = Throttle(limiter, llm.name, self._metrics, settings.rate_limit_max_wait_s)
         # Backoff jitter; seedable (RETRY_JITTER_SEED) so a test can predict the delays.
         self._rng = random.Random(settings.retry_jitter_seed)
+        self._secrets = sorted({*settings.secrets(), *llm.secrets()})
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # SQLAlchemy is synchronous: keep it off the worker's event loop (crewline/db.py).
@@ -225,10 +236,21 @@ class MeteredCaller:
         attempt = _Attempt(run_id, agent, request, breaker, worst, grant)
         with self._span(request, run_id, shadow, breaker, lost) as span:
             response = await self._complete(attempt, span)
-            entry = self._entry(
-                run_id, agent, response, estimated_prompt=prompt_estimate, shadow=shadow,
-                model=model,
-            )  # fmt: skip
+            try:
+                entry = self._entry(
+                    run_id, agent, response, estimated_prompt=prompt_estimate, shadow=shadow,
+                    model=model,
+                )  # fmt: skip
+            except UnknownPriceError as exc:
+                # Answered but unpriceable: charged at its worst case now, by this live worker
+                # (not left for a later attempt to call `worker_lost`), and not retried — a retry
+                # would be billed again and fail the same way.
+                worst.cut_off_by = "unpriced"
+                await persist(
+                    self._run, ledger.settle, worst, patience_s=self._settings.db_patience_s
+                )
+                self.charged(worst)
+                raise ApplicationError(str(exc), type="UnknownPrice", non_retryable=True) from None
             self._annotate(span, response, entry)
         await self._moved(breaker, breaker.on_success())
         used = entry.prompt_tokens + entry.completion_tokens
@@ -267,7 +289,7 @@ class MeteredCaller:
     async def _complete(self, call: _Attempt, span: Span) -> LLMResponse:
         started = time.monotonic()
         try:
-            response = await self._llm.complete(call.request)
+            response = (await self._llm.complete(call.request)).cleaned(self._secrets)
         except asyncio.CancelledError:
             # The request may be at the provider: it stays charged at its worst case (and its
             # rate-limit grant stays counted).
@@ -435,18 +457,24 @@ class MeteredCaller:
         """This attempt's ledger row for `response`."""
         info = activity.info()
         reported = response.prompt_tokens is not None and response.completion_tokens is not None
+        if reported and not _plausible(response):
+            # Negative or absurd counts are not usage: the answer is charged by estimate, and
+            # the row says so (retrying would call — and bill — the model again).
+            log.warning(
+                "llm.usage_nonsensical", prompt_tokens=response.prompt_tokens,
+                completion_tokens=response.completion_tokens, model=response.model,
+            )  # fmt: skip
+            reported = False
         prompt = response.prompt_tokens if reported else estimated_prompt
         if reported:
             completion = response.completion_tokens
         else:
             completion = estimate_tokens(response.text) if response.text else 0
-        priced = self._pricer.price(
-            response.model or model,
-            prompt or 0,
-            completion or 0,
+        priced = self._priced(
+            response.model or model, model, prompt or 0, completion or 0,
             cached_tokens=response.cached_tokens,
             raw_usage=response.raw_usage if reported else None,
-        )
+        )  # fmt: skip
         entry = Charge(
             run_id=run_id,
             workflow_id=info.workflow_id or run_id,
@@ -467,6 +495,21 @@ class MeteredCaller:
             shadow=shadow,
         )
         return entry
+
+    def _priced(
+        self, answered: str, requested: str, prompt: int, completion: int, **usage: Any
+    ) -> Priced:
+        """The price of the model that answered; a name the price list does not know (a dated
+        alias, a new deployment) is priced as the model requested — which start-up checked —
+        and the row says so."""
+        try:
+            return self._pricer.price(answered, prompt, completion, **usage)
+        except UnknownPriceError:
+            if not requested or requested == answered:
+                raise
+        priced = self._pricer.price(requested, prompt, completion, **usage)
+        source = f"{priced.source}; priced as {requested} (the answer named {answered})"
+        return dataclasses.replace(priced, source=source[:64])
 
     async def _moved(self, breaker: CircuitBreaker, moved: bool) -> None:
         gauge = self._metrics.breaker_failures.labels(breaker.provider, breaker.model)

@@ -23,6 +23,7 @@ import openai
 from pydantic import BaseModel
 
 from activities.errors import MalformedResponseError
+from crewline.secrets import redact
 from crewline.settings import Settings
 
 SCRIPTED_LABEL = "[scripted offline provider: canned demo output, not a real model]"
@@ -52,6 +53,11 @@ class ToolCallOut(BaseModel):
     arguments: str
 
 
+# An answer longer than this is stored cut (the step says so): no agent's answer is that long
+# (max_tokens), and a runaway one must not fill the database or freeze the pages that show it.
+MAX_ANSWER_CHARS = 200_000
+
+
 class LLMResponse(BaseModel):
     text: str
     model: str
@@ -68,6 +74,24 @@ class LLMResponse(BaseModel):
     scripted: bool = False
     # The provider's rate-limit headers (x-ratelimit-*), for the shared limiter to adapt to.
     rate_headers: dict[str, str] = {}
+
+    # Set when the answer was longer than MAX_ANSWER_CHARS: its length before the cut.
+    cut_from: int | None = None
+
+    def cleaned(self, secrets: list[str]) -> LLMResponse:
+        """What may be stored and shown of this answer: every configured secret and anything
+        shaped like a key cut out (a provider that echoes a request header would otherwise put
+        the key in the step, the run page, the database and the workflow history), and the text
+        capped at MAX_ANSWER_CHARS."""
+        text = redact(self.text, secrets)
+        cut = len(text) if len(text) > MAX_ANSWER_CHARS else None
+        calls = [
+            c.model_copy(update={"arguments": redact(c.arguments, secrets)})
+            for c in self.tool_calls
+        ]
+        return self.model_copy(
+            update={"text": text[:MAX_ANSWER_CHARS], "tool_calls": calls, "cut_from": cut}
+        )
 
     @property
     def empty(self) -> bool:

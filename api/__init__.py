@@ -34,6 +34,9 @@ def install(app: FastAPI, settings: Settings, registry: Metrics) -> None:
     app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(DBAPIError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
+    # The request counter first: middleware added later runs earlier, so a request is counted
+    # only once the transport checks (Host, body cap) let it in.
+    metrics.install(app, registry)
     security.install(app, settings, larger_bodies={("POST", "/versions"): MAX_BUNDLE_BYTES})
     app.include_router(runs.router)
     app.include_router(costs.router)
@@ -41,4 +44,3 @@ def install(app: FastAPI, settings: Settings, registry: Metrics) -> None:
     app.include_router(versions.router)
     app.include_router(keys.router)
     app.include_router(health.router)
-    metrics.install(app, registry)

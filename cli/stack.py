@@ -227,14 +227,35 @@ def _plan(client_state: DeploymentState, settings: Settings, engine: Engine) -> 
         tree = snapshot_working_tree(settings, engine)
         log.warning("stack.active_version_unservable", version=current, error=str(exc))
         return Plan([tree], activate=tree, why=f"{current} cannot be served by this crewline")
+    if row is not None and not _may_run(row, settings):
+        raise RuntimeError(
+            f"the active version {current} was uploaded through the API (POST /versions): its "
+            "code would run on this machine's workers with the provider key in their "
+            "environment. Review it, then set ALLOW_UPLOADED_BUNDLES=true, or start its worker "
+            f"yourself: crewline worker --version {current}"
+        )
     rows = registry.history(engine, limit=10_000)
     stack = registry.active_stack(reversed(rows), current)
     serve = [current]
     candidate = shadow.get_config(engine).candidate
     for extra in (stack[-2] if len(stack) >= 2 else None, candidate):
-        if extra and extra not in serve and (settings.snapshots_dir / f"{extra}.zip").is_file():
-            serve.append(extra)
+        if not extra or extra in serve or not (settings.snapshots_dir / f"{extra}.zip").is_file():
+            continue
+        found = registry.get(engine, extra)
+        if found is not None and not _may_run(found, settings):
+            log.warning(
+                "stack.uploaded_version_not_started", version=extra,
+                how="review it; then ALLOW_UPLOADED_BUNDLES=true, or start its worker: "
+                f"crewline worker --version {extra}",
+            )  # fmt: skip
+            continue
+        serve.append(extra)
     return Plan(serve)
+
+
+def _may_run(row: registry.VersionRow, settings: Settings) -> bool:
+    """Whether `up` may start a worker for this version by itself: not uploaded, or allowed."""
+    return row.source != registry.UPLOADED or settings.allow_uploaded_bundles
 
 
 async def _wait_ready(

@@ -90,9 +90,12 @@ def list_versions() -> None:
     for v in found["items"]:
         mark = "*" if v["active"] else ("s" if v.get("candidate") else " ")
         created = v["created_at"][:16].replace("T", " ")
+        shadow = float(v.get("shadow_spend_usd") or 0)
+        extra = f" + {_money(v['shadow_spend_usd'])} shadow" if shadow else ""
+        note = ("[uploaded] " if v.get("uploaded") else "") + (v["note"] or "")
         typer.echo(
             f"{mark} {v['id']:<19} {created:<17} {v['live_workers']:>7} {v['runs']:>6} "
-            f"{_money(v['spend_usd']):>11}  {v['note'] or ''}"
+            f"{_money(v['spend_usd']):>11}{extra}  {note}"
         )
     typer.echo(f"* active: {found['active'] or 'none'}   (deployment {found['deployment']})")
     if found.get("candidate"):
@@ -108,7 +111,8 @@ def show(version_id: str) -> None:
     settings = Settings()
     v = request(settings, "GET", f"/versions/{version_id}")
     active = "  (active)" if v["active"] else ""
-    typer.echo(f"{v['id']}{active}  created {v['created_at'][:19]}  from {v['source']}")
+    source = "uploaded through the API (code someone sent)" if v.get("uploaded") else v["source"]
+    typer.echo(f"{v['id']}{active}  created {v['created_at'][:19]}  from {source}")
     typer.echo(
         f"runs {v['runs']}, spend {_money(v['spend_usd'])}, live workers {v['live_workers']}"
     )

@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     key_max_inflight: int = Field(default=20, alias="KEY_MAX_RUNS_IN_FLIGHT", ge=1)
     key_runs_per_minute: int = Field(default=60, alias="KEY_RUNS_PER_MINUTE", ge=1)
     # Host headers the API answers; default: the localhost names when bound to loopback, else any.
+    # A version uploaded as a zip (POST /versions, admin keys) is code that runs on the workers:
+    # `crewline up` starts workers for it only when this is true.
+    allow_uploaded_bundles: bool = Field(default=False, alias="ALLOW_UPLOADED_BUNDLES")
     allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
         default=None, alias="ALLOWED_HOSTS"
     )

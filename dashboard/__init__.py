@@ -40,7 +40,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if not request.url.path.startswith("/ui/"):
         return await http_exception_handler(request, exc)
     viewer = getattr(request.state, "viewer", None)
-    return page(
+    return await page(
         request, "error.html", viewer, status_code=exc.status_code,
         heading=_HEADINGS.get(exc.status_code, "Something went wrong"),
         message=str(exc.detail), back=request.headers.get("referer", "").split("?")[0] or None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import html
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import PurePosixPath
@@ -17,16 +19,47 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 from markupsafe import Markup
-from pygments import highlight
+from pygments import format as pygments_format
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name, guess_lexer_for_filename
 from pygments.util import ClassNotFound
 
 _FORMATTER = HtmlFormatter(nowrap=False, cssclass="code")
 
+# Highlighting is for reading code, and some of Pygments' lexers are super-linear on odd input
+# (a 6 KB C++ block of one long line took 6.5 s): past these, code is shown plain, and a lexer
+# that runs out of time gives up for plain text too.
+HIGHLIGHT_MAX_CHARS = 100_000
+HIGHLIGHT_MAX_LINE = 400
+HIGHLIGHT_SECONDS = 0.5
+# Markdown past this is shown as plain text (a 30 MB answer is not a document anyone reads).
+MARKDOWN_MAX_CHARS = 300_000
+
+
+def _plain(text: str, note: str = "") -> Markup:
+    said = f'<p class="hint">{html.escape(note)}</p>' if note else ""
+    return Markup(f'{said}<div class="code"><pre>{html.escape(text)}</pre></div>')
+
+
+def _highlightable(text: str) -> str | None:
+    """Why `text` is shown plain, or None when it can be highlighted."""
+    if len(text) > HIGHLIGHT_MAX_CHARS:
+        return f"not highlighted: {len(text):,} characters"
+    if any(len(line) > HIGHLIGHT_MAX_LINE for line in text.splitlines()):
+        return f"not highlighted: a line over {HIGHLIGHT_MAX_LINE} characters"
+    return None
+
+
+def _timed(tokens: Iterator[Any], deadline: float) -> Iterator[Any]:
+    for n, token in enumerate(tokens):
+        if n % 64 == 0 and time.monotonic() > deadline:
+            raise TimeoutError
+        yield token
+
 
 def code(text: str, language: str | None = None, filename: str | None = None) -> Markup:
-    """Highlighted, escaped code; plain escaped text when the language is unknown."""
+    """Highlighted, escaped code; plain escaped text when the language is unknown, the text too
+    large or its lines too long to highlight, or the lexer too slow on it."""
     lexer = None
     try:
         if language:
@@ -36,8 +69,15 @@ def code(text: str, language: str | None = None, filename: str | None = None) ->
     except ClassNotFound:
         lexer = None
     if lexer is None:
-        return Markup(f'<div class="code"><pre>{html.escape(text)}</pre></div>')
-    return Markup(highlight(text, lexer, _FORMATTER))
+        return _plain(text)
+    why = _highlightable(text)
+    if why:
+        return _plain(text, why)
+    try:
+        tokens = list(_timed(lexer.get_tokens(text), time.monotonic() + HIGHLIGHT_SECONDS))
+    except TimeoutError:
+        return _plain(text, f"not highlighted: took over {HIGHLIGHT_SECONDS:g} s")
+    return Markup(pygments_format(tokens, _FORMATTER))
 
 
 def _fence(md: MarkdownIt, tokens: Any, idx: int, options: Any, env: Any) -> str:
@@ -53,7 +93,10 @@ _MD.add_render_rule("code_block", _fence)
 
 def markdown(text: str | None) -> Markup:
     """An agent's output as HTML (raw HTML in it shows as text)."""
-    return Markup(_MD.render(text or ""))
+    text = text or ""
+    if len(text) > MARKDOWN_MAX_CHARS:
+        return _plain(text, f"shown as plain text: {len(text):,} characters")
+    return Markup(_MD.render(text))
 
 
 def money(value: Decimal | str | float | None, places: int = 6) -> str:

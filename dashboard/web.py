@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -34,7 +35,7 @@ def build_templates() -> Jinja2Templates:
     return templates
 
 
-def page(
+async def page(
     request: Request,
     name: str,
     viewer: Viewer | None,
@@ -44,7 +45,10 @@ def page(
 ) -> HTMLResponse:
     settings = request.app.state.settings
     context.setdefault("error", None)
-    response = request.app.state.templates.TemplateResponse(
+    # Rendered in a thread: a page renders agent output (Markdown, highlighted code), which
+    # must never hold up the event loop every other request and /health wait on.
+    response = await run_in_threadpool(
+        request.app.state.templates.TemplateResponse,
         request,
         name,
         {
@@ -80,7 +84,7 @@ def refusal(exc: Exception) -> str:
     return f"{type(exc).__name__}"
 
 
-def confirm(
+async def confirm(
     request: Request,
     viewer: Viewer,
     question: str,
@@ -91,7 +95,7 @@ def confirm(
 ) -> HTMLResponse:
     """Ask before a change: a page whose form posts the same fields again, confirmed (works
     without script, with the keyboard, and a stray click changes nothing)."""
-    return page(
+    return await page(
         request, "confirm.html", viewer, question=question, detail=detail, fields=fields,
         action=action, target=request.url.path, back=back,
     )  # fmt: skip

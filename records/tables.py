@@ -144,7 +144,7 @@ class LedgerEntry(SQLModel, table=True):
     state: str | None = Field(default=None, index=True, max_length=16)
     # Why an estimated row has no reported usage: timeout, malformed, connection_lost,
     # cancelled, worker_lost (its worker died mid-call and a later attempt or the run's end
-    # settled it).
+    # settled it), unpriced (answered under a model name no price is known for).
     cut_off_by: str | None = Field(default=None, max_length=32)
     shadow: bool = False
     # The API key that started the run (copied from the run row as the row is written).

@@ -320,7 +320,7 @@ class CallOut(BaseModel):
     cut_off_by: str | None = Field(
         default=None,
         description="why an estimated call has no reported usage: timeout, malformed, "
-        "connection_lost, cancelled, worker_lost",
+        "connection_lost, cancelled, worker_lost, unpriced",
     )
     shadow: bool
     created_at: datetime

@@ -17,6 +17,9 @@ class VersionSummary(BaseModel):
     id: str
     created_at: datetime
     source: str
+    # Sent as a zip through POST /versions (not snapshotted from a checkout on this machine):
+    # code someone uploaded, which `crewline up` runs only with ALLOW_UPLOADED_BUNDLES.
+    uploaded: bool = False
     note: str | None
     files: int
     prompts: int

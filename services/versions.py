@@ -62,7 +62,8 @@ def summary(
     row: registry.VersionRow, usage: registry.Usage, active: str | None, live: int
 ) -> VersionSummary:
     return VersionSummary(
-        id=row.id, created_at=row.created_at, source=row.source, note=row.note, files=row.files,
+        id=row.id, created_at=row.created_at, source=row.source,
+        uploaded=row.source == registry.UPLOADED, note=row.note, files=row.files,
         prompts=len(row.manifest().prompts), size_bytes=row.size_bytes, active=row.id == active,
         live_workers=live, runs=usage.runs, spend_usd=usage.spend_usd,
         shadow_spend_usd=usage.shadow_spend_usd,
@@ -121,7 +122,7 @@ class Versions:
             if upload is not None:
                 found = read(upload)
                 check_no_secrets(found.contents, settings)
-                return found, "upload"
+                return found, registry.UPLOADED
             where = default_source()
             return collect(where, settings), str(where)
 

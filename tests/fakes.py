@@ -61,6 +61,7 @@ class Reply:
     delay_s: float = 0.0
     calls: list[Call] = field(default_factory=list)
     finish_reason: str | None = None
+    model: str | None = None  # the model the answer names (default: the one requested)
 
 
 @dataclass
@@ -274,7 +275,7 @@ class FakeGroq:
                     "id": f"chatcmpl-{len(fake.requests)}",
                     "object": "chat.completion",
                     "created": int(time.time()),
-                    "model": payload.get("model", "fake"),
+                    "model": action.model or payload.get("model", "fake"),
                     "choices": [
                         {
                             "index": 0,

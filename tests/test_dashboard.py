@@ -18,11 +18,13 @@ from temporalio.worker import Worker
 
 from cli.server import create_app
 from crewline.settings import Settings
+from dashboard.pages import PAGES
 from dashboard.render import money
 from dashboard.sessions import COOKIE, DashboardSession
 from records.ledger import calls_of
 from records.runs import get_run
 from services import keys
+from services.access import ALLOWED
 from services.keys import Scope
 from tests.conftest import ADMIN_KEY, assert_eventually
 from tests.fakes import FakeGroq
@@ -115,6 +117,40 @@ async def test_forms_need_the_sessions_csrf_token(ui: httpx.AsyncClient) -> None
     for data in ({"query": "x"}, {"query": "x", "csrf": "forged"}):
         answer = await ui.post("/ui/runs", data=data)
         assert answer.status_code == 403 and "stale" in answer.text
+
+
+async def test_every_page_enforces_the_scope_of_the_route_it_mirrors(
+    ui: httpx.AsyncClient, engine: Any, settings: Settings
+) -> None:
+    """Generated from one table (dashboard.pages.PAGES -> services.access.ALLOWED): a key whose
+    scope the operation excludes gets the API's 403 on the page; one it allows does not."""
+    open_ones = {("GET", "/ui/login"), ("POST", "/ui/login"), ("POST", "/ui/logout"),
+                 ("GET", "/ui/code.css")}  # fmt: skip
+    routes = [r for r in ui_routes(settings) if r not in open_ones]
+    assert set(routes) == set(PAGES), "a page was added or removed: name its operation in PAGES"
+    sample = {
+        "run_id": "run-x",
+        "path": "a.py",
+        "intent_id": "1",
+        "version_id": "snap-0123456789ab",
+    }
+    keys_by_scope = {Scope.ADMIN: ADMIN_KEY}
+    for scope in (Scope.READ, Scope.RUN):
+        keys_by_scope[scope] = keys.create(engine, f"page-{scope.value}", scope)[1]
+    for scope, key in keys_by_scope.items():
+        csrf = await sign_in(ui, key)
+        for method, path in routes:
+            url = re.sub(r"\{(\w+)(:path)?\}", lambda m: sample[m.group(1)], path)
+            data = {"csrf": csrf} if method == "POST" else None
+            answer = await ui.request(method, url, data=data)
+            operation = PAGES[(method, path)]
+            if operation is not None and scope not in ALLOWED[operation]:
+                assert answer.status_code == 403, (scope, method, path, answer.status_code)
+                assert f"scope &#39;{scope.value}&#39;" in answer.text, (scope, path)
+            else:
+                assert answer.status_code not in (401, 403), (scope, method, path, answer.text)
+                assert answer.status_code < 500, (scope, method, path, answer.text[:300])
+        await ui.post("/ui/logout", data={"csrf": csrf})
 
 
 async def test_a_read_key_sees_no_button_it_cannot_use(

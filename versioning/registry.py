@@ -21,13 +21,16 @@ from crewline.db import session_scope, utcnow
 from records.tables import LedgerEntry, Run, from_pico
 from versioning.bundle import Bundle, Manifest
 
+# The source of a version sent as a zip through the API (`POST /versions`).
+UPLOADED = "upload"
+
 
 class VersionRow(SQLModel, table=True):
     __tablename__ = "versions"
 
     id: str = Field(primary_key=True, max_length=32)
     created_at: datetime = Field(default_factory=utcnow)
-    source: str = Field(max_length=500)
+    source: str = Field(max_length=500)  # a checkout's path, or UPLOADED
     files: int
     size_bytes: int
     manifest_json: str = Field(sa_column=Column(Text, nullable=False))

@@ -58,6 +58,13 @@ class RunsByStatus(Collector):
         yield family
 
 
+# A label value per method HTTP defines; anything else a client sends is counted as "other" (a
+# raw method as a label let random methods grow /metrics without bound).
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
 class RequestMetrics:
     """ASGI middleware: each request counted by method, route template (`/runs/{run_id}`, never
     the id) and status, and timed."""
@@ -82,7 +89,7 @@ class RequestMetrics:
             await self.app(scope, receive, sending)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.http_requests.labels(method, route, str(status)).inc()
             self.metrics.http_seconds.labels(method, route).observe(time.perf_counter() - started)
 

@@ -24,7 +24,7 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, next: str | None = None) -> HTMLResponse:
-    return page(request, "login.html", None, next=_safe_next(next))
+    return await page(request, "login.html", None, next=_safe_next(next))
 
 
 @router.post("/login")
@@ -35,7 +35,7 @@ async def login(
 ) -> Response:
     made = await run_in_threadpool(sessions.sign_in, request.app.state.services.ctx.engine, key)
     if made is None:
-        return page(
+        return await page(
             request, "login.html", None, status_code=401, next=_safe_next(next),
             error="That key is not valid: unknown or revoked.",
         )  # fmt: skip

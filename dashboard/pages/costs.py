@@ -11,11 +11,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from dashboard import charts
+from dashboard.pages import page_scope
 from dashboard.sessions import Viewer, viewer
 from dashboard.web import page
 from services import Services, ServicesDep
 
-router = APIRouter(prefix="/ui", include_in_schema=False)
+router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(page_scope)])
 ViewerDep = Annotated[Viewer, Depends(viewer)]
 By = Literal["agent", "model", "version", "key"]
 
@@ -38,7 +39,7 @@ async def costs_page(
     request: Request, v: ViewerDep, services: ServicesDep,
     by: By = "agent", days: Annotated[int, Query(ge=1, le=366)] = 14,
 ) -> HTMLResponse:  # fmt: skip
-    return page(request, "costs.html", v, **await _report(services, v, by, days))
+    return await page(request, "costs.html", v, **await _report(services, v, by, days))
 
 
 @router.get("/costs.csv")

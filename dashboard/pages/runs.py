@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import ValidationError
 
 from dashboard import render
+from dashboard.pages import page_scope
 from dashboard.sessions import Viewer, check_csrf, viewer
 from dashboard.web import confirm, go, page, refusal
 from records.statuses import AGENTS, TERMINAL, RunStatus
@@ -28,7 +29,7 @@ from services import Services, ServicesDep
 from services.models import BudgetRaiseIn, RunCreate
 from services.runs import RunQuery
 
-router = APIRouter(prefix="/ui", include_in_schema=False)
+router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(page_scope)])
 ViewerDep = Annotated[Viewer, Depends(viewer)]
 PAGE = 25
 STATUSES = [s.value for s in RunStatus]
@@ -66,7 +67,7 @@ async def runs_page(
 ) -> HTMLResponse:
     listing = await services.runs.listing(v.principal, f.query())
     filters = f.shown()
-    return page(
+    return await page(
         request, "runs.html", v, listing=listing, filters=filters, page_no=f.page_no,
         pages=max(1, -(-listing.total // PAGE)), statuses=STATUSES, query=json.dumps(filters),
     )  # fmt: skip
@@ -78,7 +79,7 @@ async def runs_rows(
 ) -> HTMLResponse:
     """The list's rows alone (polled every few seconds)."""
     listing = await services.runs.listing(v.principal, f.query())
-    return page(request, "_run_rows.html", v, listing=listing)
+    return await page(request, "_run_rows.html", v, listing=listing)
 
 
 @router.post("/runs")
@@ -95,7 +96,7 @@ async def start_run(
         accepted = await services.runs.start(v.principal, body)
     except (HTTPException, RequestValidationError, ValidationError) as exc:
         listing = await services.runs.listing(v.principal, RunFilters().query())
-        return page(
+        return await page(
             request, "runs.html", v, status_code=getattr(exc, "status_code", 422),
             listing=listing, filters={}, page_no=1, pages=1, statuses=STATUSES,
             query="{}", error=f"The run was not started: {refusal(exc)}",
@@ -152,7 +153,7 @@ async def _detail(services: Services, v: Viewer, run_id: str) -> dict[str, Any]:
 async def run_page(
     request: Request, run_id: str, v: ViewerDep, services: ServicesDep
 ) -> HTMLResponse:
-    return page(request, "run.html", v, **await _detail(services, v, run_id))
+    return await page(request, "run.html", v, **await _detail(services, v, run_id))
 
 
 @router.get("/runs/{run_id}/live", response_class=HTMLResponse)
@@ -160,7 +161,7 @@ async def run_live(
     request: Request, run_id: str, v: ViewerDep, services: ServicesDep
 ) -> HTMLResponse:
     """The part of the run page that changes while it runs (polled until it ends)."""
-    return page(request, "_run_live.html", v, **await _detail(services, v, run_id))
+    return await page(request, "_run_live.html", v, **await _detail(services, v, run_id))
 
 
 @router.post("/runs/{run_id}/cancel")
@@ -170,7 +171,7 @@ async def cancel_run(
 ) -> Response:  # fmt: skip
     check_csrf(v, csrf)
     if confirmed != "yes":
-        return confirm(
+        return await confirm(
             request, v, f"Cancel run {run_id}?",
             "Finished steps and their outputs are kept; the step in flight stops.",
             {}, "Cancel the run", f"/ui/runs/{run_id}",
@@ -191,7 +192,7 @@ async def raise_budget(
     except ValidationError:
         raise HTTPException(422, "the budget must be a plain decimal such as 0.75") from None
     if confirmed != "yes":
-        return confirm(
+        return await confirm(
             request, v, f"Raise the budget of run {run_id} to ${render.money(body.budget_usd)}?",
             "A run paused for its budget resumes; the new budget must be above the current one.",
             {"budget_usd": budget_usd}, "Raise the budget", f"/ui/runs/{run_id}",
@@ -211,7 +212,7 @@ async def view_artifact(
         return raw.decode("utf-8", errors="replace"), target.stat().st_size, len(raw)
 
     text, size, shown = await run_in_threadpool(read)
-    return page(
+    return await page(
         request, "artifact.html", v, run_id=run_id, path=path, size=size,
         body=await run_in_threadpool(render.code, text, filename=path), truncated=size > shown,
     )  # fmt: skip
@@ -236,4 +237,4 @@ async def view_intent(
     body = None
     if content:
         body = await run_in_threadpool(render.code, content, filename=str(args.get("path", "")))
-    return page(request, "intent.html", v, run_id=run_id, intent=found, args=args, body=body)
+    return await page(request, "intent.html", v, run_id=run_id, intent=found, args=args, body=body)

@@ -11,12 +11,13 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
 from dashboard import render
+from dashboard.pages import page_scope
 from dashboard.sessions import Viewer, check_csrf, viewer
 from dashboard.web import confirm, go, page
 from services import Services, ServicesDep
 from services.version_models import VERSION_ID_PATTERN, ChangeIn, RollbackIn, ShadowIn
 
-router = APIRouter(prefix="/ui", include_in_schema=False)
+router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(page_scope)])
 ViewerDep = Annotated[Viewer, Depends(viewer)]
 VersionQ = Annotated[str | None, Query(pattern=VERSION_ID_PATTERN)]
 
@@ -48,7 +49,7 @@ async def versions_page(
         diff = await services.versions.diff(v.principal, a, b)
     which = report if report in ids else listing.candidate
     shown = await _report(services, v, which) if which else None
-    return page(
+    return await page(
         request, "versions.html", v, listing=listing, history=history.items, a=a, b=b,
         diff=diff, shadow=shown, can_roll_back=await services.versions.can_roll_back(),
         diff_html={p: render.code(t, "diff") for p, t in (diff.diffs if diff else {}).items()},
@@ -63,7 +64,7 @@ async def activate(
 ) -> Response:  # fmt: skip
     check_csrf(v, csrf)
     if confirmed != "yes":
-        return confirm(
+        return await confirm(
             request, v, f"Make {version_id} the active version?",
             "New runs start on it; runs in flight finish on the version that started them.",
             {"reason": reason}, "Activate", "/ui/versions",
@@ -83,7 +84,7 @@ async def rollback(
 ) -> Response:  # fmt: skip
     check_csrf(v, csrf)
     if confirmed != "yes":
-        return confirm(
+        return await confirm(
             request, v, f"Roll back from {from_version}?",
             "The version active before it becomes active again (one call, instant while its "
             "worker still runs).", {"from_version": from_version, "reason": reason},
