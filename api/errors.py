@@ -46,12 +46,25 @@ def safe(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float | Decimal):
         return str(value) if not math.isfinite(value) else float(value)
     if isinstance(value, str):
+        value = encodable(value)
         return value if len(value) <= MAX_ECHO else value[:MAX_ECHO] + f"… ({len(value)} chars)"
     if depth < 2 and isinstance(value, dict):
-        return {str(k)[:MAX_ECHO]: safe(v, depth + 1) for k, v in list(value.items())[:10]}
+        return {
+            encodable(str(k))[:MAX_ECHO]: safe(v, depth + 1) for k, v in list(value.items())[:10]
+        }
     if depth < 2 and isinstance(value, list | tuple):
         return [safe(v, depth + 1) for v in list(value)[:10]]
-    return str(value)[:MAX_ECHO]
+    return encodable(str(value))[:MAX_ECHO]
+
+
+def encodable(text: str) -> str:
+    """`text` as UTF-8 can carry it: a lone surrogate ("\\ud800", valid in JSON's escapes,
+    not in UTF-8) is shown escaped instead of failing the error response itself."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def invalid(loc: tuple[str, ...], msg: str, value: Any = None) -> RequestValidationError:
@@ -67,8 +80,8 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     detail = []
     for error in exc.errors():
         item = {
-            "loc": list(error.get("loc", ())),
-            "msg": error.get("msg"),
+            "loc": [safe(part) for part in error.get("loc", ())],
+            "msg": encodable(str(error.get("msg"))),
             "type": error.get("type"),
         }
         if "input" in error:

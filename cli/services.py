@@ -85,5 +85,8 @@ def api() -> None:
     from cli.server import create_app
 
     settings = configure()
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port)
+    uvicorn.run(
+        create_app(settings), host=settings.api_host, port=settings.api_port,
+        limit_concurrency=settings.api_max_connections,
+    )  # fmt: skip
     exit_hard(0)

@@ -365,7 +365,13 @@ async def run_stack(settings: Settings, worker_processes: int = 1) -> None:
             health_parts={"stack": supervisor.health},
         )  # fmt: skip
         api = _ApiServer(
-            uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+            uvicorn.Config(
+                app,
+                host=settings.api_host,
+                port=settings.api_port,
+                log_level="warning",
+                limit_concurrency=settings.api_max_connections,
+            )
         )
         api_task = asyncio.create_task(api.serve())
         # The banner only once the API answers (or has failed to start: then its error shows).

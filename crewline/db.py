@@ -10,7 +10,9 @@ added to an existing database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -58,7 +60,19 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
     SQLModel.metadata.create_all(engine)
     add_missing_columns(engine)
+    if url.startswith("sqlite:///"):
+        _owner_only(Path(url.removeprefix("sqlite:///")))
     return engine
+
+
+def _owner_only(database: Path) -> None:
+    """The database file and its WAL files readable by their owner only (they hold key digests,
+    prompts and answers); a file this process does not own is left as it is."""
+    for path in (database, database.with_name(database.name + "-wal"),
+                 database.with_name(database.name + "-shm")):  # fmt: skip
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_uid == os.getuid():
+                os.chmod(path, 0o600)
 
 
 def add_missing_columns(engine: Engine) -> list[str]:

@@ -187,6 +187,12 @@ class Settings(BaseSettings):
         default_factory=list, alias="ALLOWED_ORIGINS"
     )
     max_request_bytes: int = Field(default=64 * 1024, alias="MAX_REQUEST_BYTES", ge=1024)
+    # A request body must arrive within this (else 408); at most this many connections are
+    # served at once (uvicorn answers 503 past it). Slow *headers* need a proxy in front.
+    # Snapshots kept at most (each is a zip on disk and a registry row).
+    max_versions: int = Field(default=200, alias="MAX_VERSIONS", ge=2)
+    request_body_timeout_s: float = Field(default=30.0, alias="REQUEST_BODY_TIMEOUT_S", gt=0)
+    api_max_connections: int = Field(default=1000, alias="API_MAX_CONNECTIONS", ge=10)
 
     # --- observability ---------------------------------------------------------------------
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")

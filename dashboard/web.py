@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from dashboard import render
 from dashboard.sessions import Viewer
+from services.runs import url_path
 
 HERE = Path(__file__).parent
 # Only this origin's scripts, styles and images; no inline script, no frames, forms post here.
@@ -30,6 +31,7 @@ def build_templates() -> Jinja2Templates:
     env = templates.env
     env.filters["money"] = render.money
     env.filters["markdown"] = render.markdown
+    env.filters["urlpath"] = url_path
     env.globals["elapsed"] = render.elapsed
     env.globals["code"] = render.code
     return templates

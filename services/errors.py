@@ -7,17 +7,29 @@ same thing. `invalid` is the one for input a schema cannot check (a 422 in the v
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
+
+# What a message may echo of one token a caller sent (an id, a path): no more than this.
+MAX_ECHO = 80
+_LONG = re.compile(r"\S{" + str(MAX_ECHO + 1) + ",}")
+
+
+def _bounded(message: str) -> str:
+    """`message` with any token over MAX_ECHO characters cut (a 6,000-character id sent to a
+    404 comes back as its first 80 characters and its length), and encodable as UTF-8."""
+    cut = _LONG.sub(lambda m: f"{m.group(0)[:MAX_ECHO]}… ({len(m.group(0))} chars)", message)
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ServiceError(HTTPException):
     code = status.HTTP_400_BAD_REQUEST
 
     def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(self.code, message, headers=headers)
+        super().__init__(self.code, _bounded(message), headers=headers)
 
 
 class Forbidden(ServiceError):

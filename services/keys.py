@@ -113,15 +113,20 @@ def name_of(engine: Engine, key_id: str | None) -> str | None:
         return row.name if row is not None else None
 
 
-def revoke(engine: Engine, key_id: str) -> ApiKey:
-    """Revoke a key from now on. Refuses to revoke the last active admin key: nobody could
-    create another one through the API."""
+def revoke(engine: Engine, key_id: str, by: str | None = None) -> ApiKey:
+    """Revoke a key from now on. Refuses to revoke the last active admin key (nobody could
+    create another one through the API) and the key `by` that asks (a client — a fuzzer, a
+    script — would lock itself out, and the key file on the host would hold a dead key)."""
     with session_scope(engine) as session:
         row = session.get(ApiKey, key_id)
         if row is None:
             raise LookupError(key_id)
         if row.revoked_at is not None:
             return row
+        if key_id == by:
+            raise KeyRefused(
+                f"{key_id} is the key making this request; revoke it with another admin key"
+            )
         admins = [k for k in _active(session) if k.scope == Scope.ADMIN]
         if row.scope == Scope.ADMIN and len(admins) == 1:
             raise KeyRefused(
@@ -143,20 +148,32 @@ def ensure_admin(settings: Settings, engine: Engine) -> str | None:
     one). Without it, on a database with no active admin key: a new key, written to
     `<data dir>/admin.key` with mode 0600.
     """
+    private_dir(settings.data_dir)
     configured = settings.admin_key.get_secret_value() if settings.admin_key else None
     if configured is not None:
         return _ensure_env_key(engine, configured)
-    with Session(engine) as session:
-        if any(k.scope == Scope.ADMIN for k in _active(session)):
-            return None
-    row, key = create(engine, f"admin-{utcnow():%Y%m%d%H%M%S}", Scope.ADMIN, source="bootstrap")
     path = key_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with Session(engine) as session:
+        active = _active(session)
+        held = path.read_text().strip() if path.is_file() else None
+        if any(k.scope == Scope.ADMIN for k in active) and (
+            held is None or any(k.key_sha256 == digest(held) for k in active)
+        ):
+            return None
+    # No admin key yet, or the file holds one that was revoked: this machine's CLI and `up`
+    # need a working one.
+    row, key = create(engine, f"admin-{utcnow():%Y%m%d%H%M%S}", Scope.ADMIN, source="bootstrap")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(key + "\n")
     os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
     return f"created admin key {row.key_id}; it is in {path} (mode 0600)"
+
+
+def private_dir(path: Path) -> None:
+    """crewline's data directory, readable by its owner only (keys, databases, runs' files)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def _ensure_env_key(engine: Engine, key: str) -> str | None:
@@ -240,7 +257,7 @@ class Keys:
     async def revoke(self, principal: Principal, key_id: str) -> KeyOut:
         require(principal, "keys.manage")
         try:
-            row = await self.ctx.db(revoke, key_id)
+            row = await self.ctx.db(revoke, key_id, principal.key_id)
         except LookupError:
             raise NotFound(f"key {key_id[:80]!r} not found") from None
         except KeyRefused as exc:

@@ -27,6 +27,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from opentelemetry import trace
@@ -96,6 +97,12 @@ _TEMPORAL_ENDED = {
     WorkflowExecutionStatus.CANCELED: RunStatus.CANCELLED,
     WorkflowExecutionStatus.COMPLETED: RunStatus.COMPLETED,
 }
+
+
+def url_path(path: str) -> str:
+    """A file path as a URL path: each segment percent-encoded (`a?b#c.txt`, `%2e%2e`), the
+    slashes kept."""
+    return "/".join(quote(segment, safe="") for segment in path.split("/"))
 
 
 def new_run_id() -> str:
@@ -324,7 +331,7 @@ def _artifacts(engine: Engine, run_id: str) -> list[ArtifactOut]:
     return [
         ArtifactOut(
             path=a.path, size_bytes=a.size_bytes, sha256=a.sha256,
-            url=f"/runs/{run_id}/artifacts/{a.path}",
+            url=f"/runs/{run_id}/artifacts/{url_path(a.path)}",
         )
         for a in records.artifacts_of(engine, run_id)
     ]  # fmt: skip

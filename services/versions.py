@@ -132,6 +132,12 @@ class Versions:
             raise invalid(("body",), str(exc)) from None
 
         def store() -> tuple[registry.VersionRow, bool]:
+            known = registry.list_versions(self.ctx.engine)
+            if len(known) >= settings.max_versions and bundle.id not in {v.id for v in known}:
+                raise Conflict(
+                    f"{len(known)} versions are stored, the limit (MAX_VERSIONS); delete ones "
+                    "no run uses with `crewline version delete ID` first (nothing was stored)"
+                )
             write_bundle(bundle, settings.snapshots_dir)
             return registry.register(self.ctx.engine, bundle, source=source, note=note)
 

@@ -20,6 +20,7 @@ from cli.server import create_app
 from crewline.settings import Settings
 from dashboard import render
 from records.ledger import calls_of
+from services.runs import url_path
 from tests.conftest import ADMIN_KEY, assert_eventually, start_pipeline
 from tests.fakes import FakeGroq, Reply
 
@@ -157,3 +158,149 @@ async def test_nonsensical_usage_and_a_dated_model_name_are_charged_once_with_a_
     assert rows["executor"].usage_source == "reported"
     assert "priced as llama-3.3-70b-versatile" in rows["executor"].price_source
     assert not any(r.cut_off_by == "worker_lost" for r in rows.values())
+
+
+# ---- 8. login CSRF --------------------------------------------------------------------------------
+async def test_sign_in_posted_from_another_site_is_refused(api: httpx.AsyncClient) -> None:
+    form = {"key": ADMIN_KEY, "next": "/ui/runs"}
+    for forged in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"},
+                   {"Origin": "null"}, {"Sec-Fetch-Site": "same-site"}):  # fmt: skip
+        answer = await api.post("/ui/login", data=form, headers=forged)
+        assert answer.status_code == 403, forged
+        assert "set-cookie" not in answer.headers
+    for own in ({"Sec-Fetch-Site": "same-origin"}, {"Origin": "http://localhost"}, {}):
+        answer = await api.post("/ui/login", data=form, headers=own)
+        assert answer.status_code == 303 and "set-cookie" in answer.headers, own
+
+
+# ---- 9. unreadable zips are refused, never a 500 -------------------------------------------------
+def _damaged(zipped: bytes, how: str) -> bytes:
+    data = bytearray(zipped)
+    for sig, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = data.find(sig)
+        while at != -1:
+            if how == "encrypted":
+                data[at + flag_at] |= 1
+            elif how == "method-99":
+                data[at + method_at : at + method_at + 2] = (99).to_bytes(2, "little")
+            elif how == "bad-deflate" and sig == b"PK\x03\x04":
+                name_len = int.from_bytes(data[at + 26 : at + 28], "little")
+                extra_len = int.from_bytes(data[at + 28 : at + 30], "little")
+                start = at + 30 + name_len + extra_len
+                data[start : start + 8] = b"\xff" * 8
+            at = data.find(sig, at + 4)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("how", ["encrypted", "method-99", "bad-deflate"])
+async def test_an_unreadable_bundle_zip_is_refused_with_a_reason(
+    api: httpx.AsyncClient, settings: Settings, tmp_path: Path, how: str
+) -> None:
+    from tests.snapshots import checkout
+    from versioning import bundle
+
+    made = bundle.collect(checkout(tmp_path / "v", "Version v."), settings)
+    damaged = _damaged(bundle.zip_bytes(made), how)
+    with pytest.raises(bundle.TamperedSnapshotError):
+        bundle.read(damaged)
+    answer = await api.post(
+        "/versions", content=damaged, headers={"Content-Type": "application/zip"}
+    )
+    assert 400 <= answer.status_code < 500, answer.text
+    assert "cannot be read" in answer.text or "not a readable zip" in answer.text, answer.text
+
+
+async def test_a_lone_surrogate_and_a_huge_id_get_short_client_errors(
+    api: httpx.AsyncClient,
+) -> None:
+    body = b'{"query": "\\ud800 build it", "budget_usd": "x\\udfff"}'
+    answer = await api.post("/runs", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    huge = "run-" + "a" * 6000
+    for path in (f"/runs/{huge}", f"/runs/{huge}/costs", f"/versions/{huge}"):
+        answer = await api.get(path)
+        assert 400 <= answer.status_code < 500 and len(answer.text) < 600, (path, answer.text)
+
+
+async def test_an_admin_key_cannot_revoke_itself_and_a_dead_key_file_is_replaced(
+    api: httpx.AsyncClient, settings: Settings, engine: Any
+) -> None:
+    from services import keys
+
+    listed = (await api.get("/keys")).json()
+    mine = next(k for k in listed if k["name"].startswith("admin-env"))
+    refused = await api.delete(f"/keys/{mine['key_id']}")
+    assert refused.status_code == 409 and "making this request" in refused.text
+    # A data directory whose admin.key holds a revoked key gets a working one again.
+    local = settings.model_copy(update={"admin_key": None})
+    laptop = (await api.post("/keys", json={"name": "laptop", "scope": "admin"})).json()
+    keys.key_file(local).write_text(laptop["key"] + "\n")
+    assert keys.ensure_admin(local, engine) is None  # it works: nothing to do
+    assert (await api.delete(f"/keys/{laptop['key_id']}")).status_code == 200
+    assert "created admin key" in (keys.ensure_admin(local, engine) or "")
+    fresh = keys.key_file(local).read_text().strip()
+    assert fresh != laptop["key"]
+    assert (await api.get("/keys", headers={"Authorization": f"Bearer {fresh}"})).status_code == 200
+    assert oct(settings.data_dir.stat().st_mode & 0o777) == "0o700"
+    database = settings.data_dir / "crewline.db"
+    assert oct(database.stat().st_mode & 0o777) == "0o600"
+
+
+def test_file_links_encode_each_segment_and_bidi_names_are_refused() -> None:
+    from activities.tools.files import UnsafePathError, safe_relative_path
+
+    assert url_path("a?b#c.txt") == "a%3Fb%23c.txt"
+    assert url_path("src/%2e%2e/x y.py") == "src/%252e%252e/x%20y.py"
+    for name in ("evil\u202egpj.py", "a\u2066b.txt", "x\u200f.md"):
+        with pytest.raises(UnsafePathError, match="invisible formatting"):
+            safe_relative_path(name)
+
+
+async def test_a_body_that_trickles_in_is_answered_408(
+    client: Client, settings: Settings, engine: Any
+) -> None:
+    slow = settings.model_copy(update={"request_body_timeout_s": 0.3})
+    app = create_app(slow, client=client, engine=engine)
+    sent: list[dict[str, Any]] = []
+    chunks = [{"type": "http.request", "body": b'{"query": ', "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            return chunks.pop()
+        await asyncio.sleep(3600)  # the rest never comes
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/runs", "raw_path": b"/runs",
+        "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+        "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"),
+                    (b"authorization", f"Bearer {ADMIN_KEY}".encode())],
+        "client": ("127.0.0.1", 5000), "server": ("localhost", 80),
+    }  # fmt: skip
+    async with app.router.lifespan_context(app):
+        await asyncio.wait_for(app(scope, receive, send), timeout=10)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408, sent[:1]
+
+
+async def test_versions_have_a_quota(
+    client: Client, settings: Settings, engine: Any, tmp_path: Path
+) -> None:
+    from tests.snapshots import checkout, snapshot
+    from versioning import bundle
+
+    capped = settings.model_copy(update={"max_versions": 2})
+    for name in ("a", "b"):
+        snapshot(capped, engine, checkout(tmp_path / name, f"Version {name}."))
+    third = bundle.zip_bytes(bundle.collect(checkout(tmp_path / "c", "Version c."), capped))
+    app = create_app(capped, client=client, engine=engine)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            answer = await http.post(
+                "/versions", content=third,
+                headers={**AUTH, "Content-Type": "application/zip"},
+            )  # fmt: skip
+    assert answer.status_code == 409 and "MAX_VERSIONS" in answer.text, answer.text

@@ -33,6 +33,7 @@ import json
 import os
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -338,36 +339,52 @@ def read(source: Path | bytes, expected_id: str | None = None) -> Bundle:
         archive = zipfile.ZipFile(source if isinstance(source, Path) else io.BytesIO(source))
     except (zipfile.BadZipFile, OSError) as exc:
         raise TamperedSnapshotError(f"{label} is not a readable zip ({exc})") from None
-    with archive:
-        infos = archive.infolist()
-        names = [i.filename for i in infos]
-        if len(set(names)) != len(names):
-            raise TamperedSnapshotError(f"{label} has duplicate entries")
-        if sum(i.file_size for i in infos) > MAX_BUNDLE_BYTES:
-            raise TamperedSnapshotError(f"{label} unpacks to over {MAX_BUNDLE_BYTES} bytes")
-        if MANIFEST_NAME not in names:
-            raise TamperedSnapshotError(f"{label} has no {MANIFEST_NAME}")
-        try:
-            manifest = Manifest.model_validate_json(archive.read(MANIFEST_NAME))
-        except ValidationError as exc:
-            raise TamperedSnapshotError(
-                f"{label}: unreadable manifest ({exc.error_count()} errors)"
-            ) from None
-        files = [n for n in names if n != MANIFEST_NAME]
-        if not set(manifest.packages) <= set(BUNDLE_PACKAGES):
-            raise TamperedSnapshotError(
-                f"{label} claims packages {manifest.packages}; a bundle holds only "
-                f"{list(BUNDLE_PACKAGES)}"
-            )
-        for name in files:
-            _check_entry_name(name, manifest.packages)
-        extra, lost = set(files) - set(manifest.files), set(manifest.files) - set(files)
-        if extra or lost:
-            raise TamperedSnapshotError(
-                f"{label} does not match its manifest: extra {sorted(extra)}, "
-                f"missing {sorted(lost)}"
-            )
-        contents = {name: archive.read(name) for name in files}
+    try:
+        return _verified(archive, label, expected_id)
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+        OSError,
+        EOFError,
+    ) as exc:
+        # Corrupt deflate data, an encrypted entry, an unknown compression method: a zip this
+        # crewline cannot read is refused like any other bad bundle (never a 500).
+        raise TamperedSnapshotError(f"{label}: an entry cannot be read ({exc})") from None
+    finally:
+        archive.close()
+
+
+def _verified(archive: zipfile.ZipFile, label: str, expected_id: str | None) -> Bundle:
+    infos = archive.infolist()
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        raise TamperedSnapshotError(f"{label} has duplicate entries")
+    if sum(i.file_size for i in infos) > MAX_BUNDLE_BYTES:
+        raise TamperedSnapshotError(f"{label} unpacks to over {MAX_BUNDLE_BYTES} bytes")
+    if MANIFEST_NAME not in names:
+        raise TamperedSnapshotError(f"{label} has no {MANIFEST_NAME}")
+    try:
+        manifest = Manifest.model_validate_json(archive.read(MANIFEST_NAME))
+    except ValidationError as exc:
+        raise TamperedSnapshotError(
+            f"{label}: unreadable manifest ({exc.error_count()} errors)"
+        ) from None
+    files = [n for n in names if n != MANIFEST_NAME]
+    if not set(manifest.packages) <= set(BUNDLE_PACKAGES):
+        raise TamperedSnapshotError(
+            f"{label} claims packages {manifest.packages}; a bundle holds only "
+            f"{list(BUNDLE_PACKAGES)}"
+        )
+    for name in files:
+        _check_entry_name(name, manifest.packages)
+    extra, lost = set(files) - set(manifest.files), set(manifest.files) - set(files)
+    if extra or lost:
+        raise TamperedSnapshotError(
+            f"{label} does not match its manifest: extra {sorted(extra)}, missing {sorted(lost)}"
+        )
+    contents = {name: archive.read(name) for name in files}
     for name, data in contents.items():
         if hashlib.sha256(data).hexdigest() != manifest.files[name]:
             raise TamperedSnapshotError(f"{label}: {name} was changed after the snapshot was taken")

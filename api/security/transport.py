@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterable
@@ -145,8 +146,15 @@ class BodyCap:
     passes it. (FastAPI's own `max_body_size` answers a plain-text "Content Too Large" from
     outside the app's exception handlers: not the API's one error shape, and no limit named.)"""
 
-    def __init__(self, app: ASGIApp, limit: int, larger: dict[tuple[str, str], int]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        larger: dict[tuple[str, str], int],
+        body_timeout_s: float = 30.0,
+    ) -> None:
         self.app, self.limit, self.larger = app, limit, larger
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -159,16 +167,28 @@ class BodyCap:
             await _answer(send, 413, message, [(b"connection", b"close")])
             return
         seen = 0
-        started = refused = False
+        started = refused = body_done = False
 
         async def counted() -> Message:
             # Past the cap, answer 413 here and tell the app the client left: whatever the app
             # makes of that (FastAPI: a parse error) is dropped, and the rest is never read.
-            nonlocal seen, refused
+            # A body that trickles in slower than the timeout is answered 408 the same way.
+            nonlocal seen, refused, body_done
             if refused:
                 return {"type": "http.disconnect"}
-            msg = await receive()
+            if body_done:
+                msg = await receive()
+            else:
+                try:
+                    msg = await asyncio.wait_for(receive(), self.body_timeout_s)
+                except TimeoutError:
+                    refused = True
+                    if not started:
+                        await _answer(send, 408, "the request body did not arrive in time",
+                                      [(b"connection", b"close")])  # fmt: skip
+                    return {"type": "http.disconnect"}
             if msg["type"] == "http.request":
+                body_done = not msg.get("more_body", False)
                 seen += len(msg.get("body", b""))
                 if seen > limit and not started:
                     refused = True
@@ -201,4 +221,7 @@ def install(app: FastAPI, settings: Settings, larger_bodies: dict[tuple[str, str
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
         )
     app.add_middleware(TrustedHosts, allowed=settings.resolved_allowed_hosts)
-    app.add_middleware(BodyCap, limit=settings.max_request_bytes, larger=larger_bodies)
+    app.add_middleware(
+        BodyCap, limit=settings.max_request_bytes, larger=larger_bodies,
+        body_timeout_s=settings.request_body_timeout_s,
+    )  # fmt: skip

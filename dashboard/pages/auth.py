@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -33,6 +33,13 @@ async def login(
     key: Annotated[str, Form(max_length=200)] = "",
     next: Annotated[str | None, Form(max_length=500)] = None,
 ) -> Response:
+    if not _same_origin(request):
+        # Login CSRF: another site's page posting its owner's key here would sign the victim in
+        # as the attacker (and their next query would land in the attacker's account).
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "sign-in must come from this dashboard's own page; open /ui/login and try again",
+        )
     made = await run_in_threadpool(sessions.sign_in, request.app.state.services.ctx.engine, key)
     if made is None:
         return await page(
@@ -43,6 +50,19 @@ async def login(
     response = RedirectResponse(_safe_next(next), status_code=303)
     sessions.set_cookie(request, response, token)
     return response
+
+
+def _same_origin(request: Request) -> bool:
+    """The browser says where the form came from: `Sec-Fetch-Site` (every current browser), else
+    `Origin`. A client that sends neither (curl, a script) is not a browser tricked by a page."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin is None
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    return origin.rstrip("/") == own
 
 
 @router.post("/logout")
