@@ -123,14 +123,14 @@ def revoke(engine: Engine, key_id: str, by: str | None = None) -> ApiKey:
             raise LookupError(key_id)
         if row.revoked_at is not None:
             return row
-        if key_id == by:
-            raise KeyRefused(
-                f"{key_id} is the key making this request; revoke it with another admin key"
-            )
         admins = [k for k in _active(session) if k.scope == Scope.ADMIN]
         if row.scope == Scope.ADMIN and len(admins) == 1:
             raise KeyRefused(
                 f"{key_id} is the last active admin key; create another admin key first"
+            )
+        if key_id == by:
+            raise KeyRefused(
+                f"{key_id} is the key making this request; revoke it with another admin key"
             )
         row.revoked_at = utcnow()
         session.add(row)
