@@ -4,6 +4,8 @@ root (`cli/server.py`) builds."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,6 +16,7 @@ from api import errors, security
 from api.routes import costs, health, keys, metrics, runs, shadow, versions
 from crewline.metrics import Metrics
 from crewline.settings import Settings
+from services.models import money_schema_up_to
 from versioning.bundle import MAX_BUNDLE_BYTES
 
 # A client told the database is unavailable tries again after this long.
@@ -44,3 +47,26 @@ def install(app: FastAPI, settings: Settings, registry: Metrics) -> None:
     app.include_router(versions.router)
     app.include_router(keys.router)
     app.include_router(health.router)
+    _state_the_deployment_limits(app, settings)
+
+
+def _state_the_deployment_limits(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI schema states this deployment's budget cap (MAX_BUDGET_USD), so a client —
+    or a fuzzer — reads the limit the server enforces instead of finding it by a 422."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        capped = money_schema_up_to(settings.max_budget_usd)
+        for model in ("RunCreate", "BudgetRaiseIn"):
+            field = schema["components"]["schemas"][model]["properties"]["budget_usd"]
+            nullable = {"type": "null"} in field.get("anyOf", [])
+            money = next(b for b in field["anyOf"] if b != {"type": "null"}) if nullable else field
+            kept = {k: v for k, v in money.items() if k in ("title", "exclusiveMinimum")}
+            money.clear()
+            money.update(capped | kept)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -61,6 +61,38 @@ _MONEY_SCHEMA = {
     "description": 'USD, e.g. "0.50": a string with at most 6 decimal places, or a number '
     "(rounded to 6 places)",
 }
+
+
+def _below(limit: str) -> str:
+    """A regex for the decimal integers (no leading zeros) smaller than `limit` (digits)."""
+    options = ["0"] if limit != "0" else []
+    for length in range(1, len(limit)):
+        options.append("[1-9]" + (f"[0-9]{{{length - 1}}}" if length > 1 else ""))
+    for i, digit in enumerate(limit):
+        low = 1 if i == 0 else 0
+        if int(digit) > low:
+            rest = len(limit) - i - 1
+            options.append(
+                limit[:i] + f"[{low}-{int(digit) - 1}]" + (f"[0-9]{{{rest}}}" if rest else "")
+            )
+    return "|".join(dict.fromkeys(options))
+
+
+def money_schema_up_to(cap: Decimal) -> dict[str, object]:
+    """The money schema with a deployment's maximum (MAX_BUDGET_USD) stated exactly, for the
+    number and the string form alike (a whole-dollar cap; a fractional one is stated as its
+    whole part)."""
+    top = str(int(cap))
+    pattern = rf"^\+?(?=[0-9.]*[1-9])(?:(?:{_below(top)})(\.[0-9]{{1,6}})?|{top}(\.0{{1,6}})?)$"
+    return {
+        "anyOf": [
+            {"type": "number", "minimum": 0.000001, "maximum": float(int(cap))},
+            {"type": "string", "pattern": pattern},
+        ],
+        "description": f"{_MONEY_SCHEMA['description']}; at most {top} (MAX_BUDGET_USD)",
+    }
+
+
 MICRO = Decimal("0.000001")
 
 

@@ -147,8 +147,12 @@ class CalibrateIn(BaseModel):
 
 
 class Calibration(BaseModel):
+    """A started calibration: its runs start after this answer; their verdicts appear at
+    `status` (GET) as each finishes."""
+
     version: str
     shadow_runs: list[str]
+    status: str = Field(description="where the verdicts appear as the runs finish")
 
 
 class AgentReport(BaseModel):

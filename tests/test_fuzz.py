@@ -1,5 +1,7 @@
-"""Schemathesis against the running API's OpenAPI: every check (its default; two exceptions,
-explained in tests/schemathesis.toml), authenticated, seeded, bounded.
+"""Schemathesis against the running API's OpenAPI: every phase (examples, coverage, fuzzing and
+the stateful one that chains operations by their links), every check (its default; the
+exceptions are explained in tests/schemathesis.toml), authenticated, seeded, bounded. The key it
+uses cannot be revoked by the fuzzer (a key cannot revoke itself: 409).
 
 A failure prints the schemathesis report, whose `st replay` / curl lines reproduce each case;
 rerunning this test with the same SEED and MAX_EXAMPLES replays the same cases.
@@ -43,7 +45,7 @@ async def test_the_api_survives_the_fuzzer(
             "--no-color", "--config-file", str(CONFIG),
             "run", f"http://127.0.0.1:{port}/openapi.json",
             "--header", f"Authorization: Bearer {ADMIN_KEY}",
-            "--phases", "examples,coverage,fuzzing",
+            "--phases", "examples,coverage,fuzzing,stateful",
             "--seed", str(SEED),
             "--max-examples", str(MAX_EXAMPLES),
             "--request-timeout", "30",
@@ -55,5 +57,7 @@ async def test_the_api_survives_the_fuzzer(
         await serving
     report = out[-6000:]
     assert proc.returncode == 0, report
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
+        assert f"✅ {phase}" in out, report  # every phase ran and passed
     generated = re.search(r"(\d+) generated", out)
     assert generated is not None and int(generated.group(1)) >= 1000, report

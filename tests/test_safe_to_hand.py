@@ -305,3 +305,18 @@ async def test_versions_have_a_quota(
                 headers={**AUTH, "Content-Type": "application/zip"},
             )  # fmt: skip
     assert answer.status_code == 409 and "MAX_VERSIONS" in answer.text, answer.text
+
+
+# ---- 10. the schema states the budget cap --------------------------------------------------------
+def test_the_schema_states_the_deployments_budget_cap(settings: Settings) -> None:
+    import re
+
+    schema = create_app(settings.model_copy(update={"max_budget_usd": Decimal("250")})).openapi()
+    for model in ("RunCreate", "BudgetRaiseIn"):
+        text = json.dumps(schema["components"]["schemas"][model]["properties"]["budget_usd"])
+        assert '"maximum": 250.0' in text and "MAX_BUDGET_USD" in text
+        found = re.search(r'"pattern": ("(?:[^"\\]|\\.)*")', text)
+        assert found is not None
+        pattern = re.compile(json.loads(found.group(1)))
+        assert all(pattern.match(v) for v in ("0.5", "249.999999", "250", "250.000000", "7"))
+        assert not any(pattern.match(v) for v in ("250.01", "251", "1000", "0", "1e3"))
