@@ -26,4 +26,19 @@ app.add_typer(keys.app, name="keys")
 
 
 def main() -> None:
-    app()
+    from pydantic import ValidationError
+
+    from crewline.settings import ConfigurationError
+
+    try:
+        app()
+    except ValidationError as exc:  # the environment or .env: one line per variable
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            secret = any(w in where.upper() for w in ("KEY", "TOKEN", "SECRET", "PASSWORD"))
+            given = "" if secret else f"={str(error.get('input', ''))[:60]!r}"
+            typer.echo(f"configuration error: {where}{given}: {error['msg']}", err=True)
+        raise SystemExit(2) from None
+    except ConfigurationError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise SystemExit(2) from None

@@ -226,10 +226,16 @@ def start_worker_metrics(
     try:
         server = MetricsServer(metrics, host, port, core_url).start()
     except OSError as exc:
+        # Taken (a second worker on this machine): serve on a free port and say which.
+        try:
+            server = MetricsServer(metrics, host, 0, core_url).start()
+        except OSError:
+            log.warning("metrics.unavailable", port=port, error=str(exc))
+            return None
         log.warning(
-            "metrics.unavailable", port=port, error=str(exc),
-            fix="set WORKER_METRICS_PORT to a free port (0 turns the endpoint off)",
+            "metrics.port_taken", wanted=port, serving=f"http://{host}:{server.port}/metrics",
+            fix="set WORKER_METRICS_PORT per worker to fix the port (0 turns the endpoint off)",
         )  # fmt: skip
-        return None
+        return server
     log.info("metrics.serving", url=f"http://{host}:{server.port}/metrics")
     return server

@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from crewline.sandbox import Limits
@@ -153,6 +153,7 @@ class Settings(BaseSettings):
     # --- storage & services --------------------------------------------------------------------
     data_dir: Path = Field(default=Path(".crewline"), alias="CREWLINE_DATA_DIR")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    # Default: the embedded server's, 127.0.0.1:TEMPORAL_PORT (as the API's URL follows API_PORT).
     temporal_address: str = Field(default="127.0.0.1:7233", alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
     task_queue: str = Field(default="crewline-pipeline", alias="CREWLINE_TASK_QUEUE")
@@ -245,6 +246,12 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("an API key must be at least 16 characters")
         return value
+
+    @model_validator(mode="after")
+    def _temporal_address_follows_the_port(self) -> Settings:
+        if "temporal_address" not in self.model_fields_set:
+            self.temporal_address = f"127.0.0.1:{self.temporal_port}"
+        return self
 
     # --- derived -------------------------------------------------------------------------------
     def sandbox_limits(self) -> Limits:

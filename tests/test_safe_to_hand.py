@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
 from cli.server import create_app
@@ -320,3 +320,75 @@ def test_the_schema_states_the_deployments_budget_cap(settings: Settings) -> Non
         pattern = re.compile(json.loads(found.group(1)))
         assert all(pattern.match(v) for v in ("0.5", "249.999999", "250", "250.000000", "7"))
         assert not any(pattern.match(v) for v in ("250.01", "251", "1000", "0", "1e3"))
+
+
+# ---- 12. a configuration error is one line, not a traceback --------------------------------------
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [("GROQ_RATE_LIMIT", "abc", "valid integer"), ("LLM_PROVIDER", "grok", "'groq', 'openai'"),
+     ("CREWLINE_ADMIN_KEY", "short", "")],
+)  # fmt: skip
+def test_a_bad_setting_is_one_line_naming_the_variable(
+    tmp_path: Path, variable: str, value: str, says: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, variable: value, "CREWLINE_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "crewline"), "health"], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines and all(line.startswith("configuration error: ") for line in lines), done.stderr
+    assert variable in done.stderr and says in done.stderr and "Traceback" not in done.stderr
+    if "KEY" in variable:
+        assert value not in done.stderr  # a secret's value is never echoed
+
+
+# ---- 13. a second worker does not collide --------------------------------------------------------
+def test_the_temporal_address_follows_the_port_and_a_taken_metrics_port_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crewline.metrics import Metrics, start_worker_metrics
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("TEMPORAL_PORT", "7391")
+    assert Settings(_env_file=None).temporal_address == "127.0.0.1:7391"  # type: ignore[call-arg]
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "temporal:7233")
+    assert Settings(_env_file=None).temporal_address == "temporal:7233"  # type: ignore[call-arg]
+    port = free_port()
+    first = start_worker_metrics(Metrics(), "127.0.0.1", port, None)
+    second = start_worker_metrics(Metrics(), "127.0.0.1", port, None)
+    try:
+        assert first is not None and second is not None
+        assert first.port == port and second.port not in (0, port)
+        answer = httpx.get(f"http://127.0.0.1:{second.port}/metrics", timeout=5)
+        assert answer.status_code == 200
+    finally:
+        for server in (first, second):
+            if server is not None:
+                server.stop()
+
+
+# ---- 14. a failed run says why it ended, not what an attempt would do next -----------------------
+async def test_a_run_that_gave_up_on_an_open_circuit_says_so(
+    client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any,
+    new_worker: Callable[..., Worker],
+) -> None:  # fmt: skip
+    from activities.breaker import BreakerRegistry
+    from records.runs import get_run
+    from tests.fakes import Status
+
+    fake_groq.outage = Status(503, message="provider down")
+    quick = settings.model_copy(update={"breaker_threshold": 2, "breaker_open_s": 1})
+    async with new_worker(settings=quick, breakers=BreakerRegistry(threshold=2, open_s=1)):
+        run_id, handle = await start_pipeline(client, quick, attempts=4)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    run = get_run(engine, run_id)
+    assert run is not None and run.status == "FAILED" and run.error, run
+    assert "retry in" not in run.error and "retrying in" not in run.error, run.error
+    assert "retries are spent" in run.error, run.error

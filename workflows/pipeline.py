@@ -17,12 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from datetime import timedelta
 from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    RetryState,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.agents import (
@@ -120,6 +126,10 @@ def _failure_message(err: BaseException) -> str:
         if isinstance(cause, ApplicationError) and str(cause):
             message = str(cause)
         cause = cause.__cause__
+    # The run has ended: an attempt's "retrying in 1.3s" is no longer true of it.
+    message = re.sub(r"(; retrying|, will retry) in [0-9.]+s\b", "", message)
+    if isinstance(err, ActivityError) and err.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
+        message += " (its retries are spent)"
     return message
 
 
