@@ -81,16 +81,19 @@ class WorkerChildren:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._commands: dict[str, tuple[list[str], dict[str, str]]] = {}
 
-    def spawn(self, version: str | None) -> str:
-        """A worker for `version`, or (None) for a fresh snapshot of the working tree; its name.
-        Each serves /metrics on its own port: WORKER_METRICS_PORT, the next one, …"""
+    def spawn(self, version: str | None, *, unversioned: bool = False) -> str:
+        """A worker for `version`, or (None) for a fresh snapshot of the working tree, or the
+        working tree without versioning (`unversioned`); its name. Each serves /metrics on its
+        own port: WORKER_METRICS_PORT, the next one, …"""
         command = [sys.executable, "-m", "cli", "worker"]
-        if version is not None:
+        if unversioned:
+            command += ["--unversioned"]
+        elif version is not None:
             command += ["--version", version]
         env = dict(self._env)
         if self._metrics_port:
             env["WORKER_METRICS_PORT"] = str(self._metrics_port + len(self.processes))
-        name = version or "working tree"
+        name = "unversioned" if unversioned else version or "working tree"
         if name in self.processes:
             name = f"{name} #{sum(1 for n in self.processes if n.startswith(name)) + 1}"
         self._commands[name] = (command, env)
@@ -201,6 +204,9 @@ def _stop_event(server: DevServer, workers: WorkerChildren) -> asyncio.Event:
     return event
 
 
+UNVERSIONED = "none: VERSIONING_ENABLED=false, the working tree unversioned"
+
+
 @dataclass(frozen=True)
 class Plan:
     """Which versions this stack's workers serve, and a version to make current once its worker
@@ -288,6 +294,8 @@ async def _wait_ready(
 
 
 def _tree_notice(settings: Settings, active: str) -> str:
+    if active == UNVERSIONED:
+        return ""
     try:
         tree = collect(default_source(), settings).id
     except BundleError as exc:
@@ -319,8 +327,12 @@ def _banner(settings: Settings, server: DevServer, active: str, workers: int) ->
         f"  API       {settings.resolved_api_url}   (docs: {settings.resolved_api_url}/docs)\n"
         f"  Web UI    http://{server.ip}:{server.ui_port}\n"
         f"  Temporal  {server.address}   (history: {server.db_file})\n"
-        f"  Version   {active} (active; `crewline version list`), "
-        f"{workers} worker process{'es' if workers > 1 else ''}\n"
+        + (
+            f"  Version   {active}, "
+            if active == UNVERSIONED
+            else f"  Version   {active} (active; `crewline version list`), "
+        )
+        + f"{workers} worker process{'es' if workers > 1 else ''}\n"
         f"  Data      {settings.data_dir.resolve()}\n"
         f"  API key   {_key_notice(settings)}\n"
         f'Try:  .venv/bin/crewline run "Build a snake game"      Ctrl-C stops everything.'
@@ -349,15 +361,20 @@ async def run_stack(settings: Settings, worker_processes: int = 1) -> None:
         stop = _stop_event(server, workers)
         client = await connect(settings, interceptors=tracing.interceptors())
         engine = make_engine(settings.resolved_database_url)
-        state = await activation.reconcile(client, settings, engine)
-        plan = await asyncio.to_thread(_plan, state, settings, engine)
-        for version in plan.serve:
-            workers.spawn(version)
-        active = await _wait_ready(client, settings, engine, workers, plan)
-        # More processes for the active version once it exists (on a fresh deployment the first
-        # worker snapshots the tree and activates it; the others then serve that snapshot).
-        for _ in range(worker_processes - 1):
-            workers.spawn(active)
+        if settings.versioning_enabled:
+            state = await activation.reconcile(client, settings, engine)
+            plan = await asyncio.to_thread(_plan, state, settings, engine)
+            for version in plan.serve:
+                workers.spawn(version)
+            active = await _wait_ready(client, settings, engine, workers, plan)
+            # More processes for the active version once it exists (on a fresh deployment the
+            # first worker snapshots the tree and activates it; the others then serve it).
+            for _ in range(worker_processes - 1):
+                workers.spawn(active)
+        else:  # VERSIONING_ENABLED=false: the working tree, no snapshot, no activation
+            for _ in range(worker_processes):
+                workers.spawn(None, unversioned=True)
+            active = UNVERSIONED
         supervisor = Supervisor(server, workers)
         watching = asyncio.create_task(supervisor.watch(stop))
         app = create_app(

@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * 1024, alias="MAX_REQUEST_BYTES", ge=1024)
     # A request body must arrive within this (else 408); at most this many connections are
     # served at once (uvicorn answers 503 past it). Slow *headers* need a proxy in front.
+    # The original description's feature flags. Versioning off: `up` runs unversioned workers,
+    # nothing is snapshotted, shadowed or activated (those routes answer 409). Cost tracking off:
+    # tokens are still counted, nothing is priced (every row $0), and a budget is refused.
+    versioning_enabled: bool = Field(default=True, alias="VERSIONING_ENABLED")
+    cost_tracking_enabled: bool = Field(default=True, alias="COST_TRACKING_ENABLED")
     # Snapshots kept at most (each is a zip on disk and a registry row).
     max_versions: int = Field(default=200, alias="MAX_VERSIONS", ge=2)
     request_body_timeout_s: float = Field(default=30.0, alias="REQUEST_BODY_TIMEOUT_S", gt=0)

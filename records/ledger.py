@@ -235,8 +235,10 @@ def grouped(
     limit: int = 50,
     offset: int = 0,
     key_id: str | None = None,
+    shadow: bool | None = None,
 ) -> tuple[list[dict[str, Any]], Decimal, int]:
-    """Totals per group, biggest spend first; plus the grand total and the number of groups."""
+    """Totals per group, biggest spend first; plus the grand total and the number of groups.
+    `shadow`: only shadow (True) or only primary (False) spend; None: both."""
     key: Any = {
         "agent": LedgerEntry.agent,
         "model": LedgerEntry.model,
@@ -248,6 +250,8 @@ def grouped(
     filters: list[Any] = [_SETTLED]
     if key_id is not None:
         filters.append(col(LedgerEntry.key_id) == key_id)
+    if shadow is not None:
+        filters.append(col(LedgerEntry.shadow).is_(shadow))
     if since is not None:
         filters.append(col(LedgerEntry.created_at) >= since)
     if until is not None:

@@ -58,7 +58,8 @@ def _daily(engine: Engine, own: str | None, by: GroupBy, days: int) -> DailySpen
     for day, group, usd in ledger.daily(engine, by, since=since, key_id=own):
         cells[(day, group)] += usd
         totals[group] += usd
-    top_runs, _, _ = ledger.grouped(engine, "run", since=since, limit=10, key_id=own)
+    # The runs people started: a shadow run (same query, the candidate's spend) is not one.
+    top_runs, _, _ = ledger.grouped(engine, "run", since=since, limit=10, key_id=own, shadow=False)
     per_key, _, _ = ledger.grouped(engine, "key", since=since, limit=50, key_id=own)
     with Session(engine) as session:
         queries = {

@@ -72,3 +72,23 @@ def invalid(loc: tuple[str, ...], msg: str, value: Any = None) -> RequestValidat
     if value is not None:
         error["input"] = value
     return RequestValidationError([error])
+
+
+def versioning_on(settings: Any) -> None:
+    """409 unless versioning is on (VERSIONING_ENABLED)."""
+    if not settings.versioning_enabled:
+        raise Conflict(
+            "versioning is off (VERSIONING_ENABLED=false): this deployment runs one unversioned "
+            "worker and keeps no snapshots, shadows or activations; turn it on to use versions"
+        )
+
+
+def cost_tracking_on(settings: Any, what: str) -> None:
+    """Refuse `what` unless cost tracking is on (COST_TRACKING_ENABLED): without prices a budget
+    could not be enforced, and an unenforced budget is worse than none."""
+    if not settings.cost_tracking_enabled:
+        raise invalid(
+            ("body", "budget_usd"),
+            f"{what} needs cost tracking, which is off (COST_TRACKING_ENABLED=false): nothing "
+            "is priced, so no budget could be enforced; leave budget_usd out",
+        )

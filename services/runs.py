@@ -57,7 +57,15 @@ from records.statuses import OPEN, TERMINAL, RunStatus
 from records.tables import Intent, Run
 from services import Context
 from services.access import Principal, require
-from services.errors import Conflict, NoAnswer, NotFound, TooMany, Unavailable, invalid
+from services.errors import (
+    Conflict,
+    NoAnswer,
+    NotFound,
+    TooMany,
+    Unavailable,
+    cost_tracking_on,
+    invalid,
+)
 from services.keys import ApiKey
 from services.models import (
     ArtifactOut,
@@ -202,7 +210,9 @@ def _claim(engine: Engine, settings: Settings, run: Run, shadow_row: Run | None)
     raise Conflict("the run could not be recorded (a concurrent request holds its key); retry")
 
 
-def _same_request(existing: Run, key_id: str, query: str, budget: Decimal, dry: bool) -> None:
+def _same_request(
+    existing: Run, key_id: str, query: str, budget: Decimal | None, dry: bool
+) -> None:
     if existing.key_id != key_id:
         raise Conflict("Idempotency-Key was already used by another API key")
     if existing.query != query or existing.budget_usd != budget or bool(existing.dry_run) != dry:
@@ -511,7 +521,14 @@ class Runs:
         except ConfigurationError as exc:
             raise Unavailable(str(exc)) from None
         check_budget_cap(settings, body.budget_usd)
-        budget = body.budget_usd or settings.default_budget_usd
+        if body.budget_usd is not None:
+            cost_tracking_on(settings, "a budget")
+        # Without prices no budget can be enforced: such a run has none (it says so: budget null).
+        budget = (
+            (body.budget_usd or settings.default_budget_usd)
+            if settings.cost_tracking_enabled
+            else None
+        )
         dry_run = body.dry_run or settings.dry_run
         run = Run(
             run_id=new_run_id(), query=body.query, budget_usd=budget,
@@ -543,6 +560,8 @@ class Runs:
 
     async def _shadow_row(self, primary: Run) -> Run | None:
         """The shadow run of a sampled run (written with it), or None."""
+        if not self.ctx.settings.versioning_enabled:
+            return None
         decision = await self.ctx.db(shadow.decide, self.ctx.settings, primary.run_id)
         if not decision.shadow or decision.candidate is None:
             if decision.why_not and decision.why_not.startswith("sampling paused"):
@@ -636,6 +655,7 @@ class Runs:
         require(principal, "runs.budget")
         run = await self._visible(principal, run_id)
         check_budget_cap(self.ctx.settings, budget_usd)
+        cost_tracking_on(self.ctx.settings, "raising a budget")
         if run.status in TERMINAL:
             raise Conflict(f"run {run_id} already ended ({run.status})")
         client = self.ctx.temporal

@@ -28,7 +28,7 @@ from records.statuses import AGENTS, TERMINAL, RunStatus
 from records.tables import LedgerEntry, Run, from_pico, to_pico
 from services import Context
 from services.access import Principal, require
-from services.errors import Conflict
+from services.errors import Conflict, versioning_on
 from services.models import DivergenceDetail, DivergenceOut
 from services.runs import start_workflow_for
 from services.version_models import (
@@ -172,6 +172,7 @@ class Shadow:
         """Make the version the candidate: that share of new runs re-run on it, in dry-run. Its
         worker must be serving it; rate 0 stops shadowing."""
         require(principal, "shadow.change")
+        versioning_on(self.ctx.settings)
         ctx = self.ctx
         await Versions(ctx).known(version_id)
         if body.rate > 0:
@@ -190,6 +191,7 @@ class Shadow:
     async def stop(self, principal: Principal) -> ShadowState:
         """No more shadow runs (those in flight finish and are compared)."""
         require(principal, "shadow.change")
+        versioning_on(self.ctx.settings)
         await self.ctx.db(shadow.set_config, None, 0.0, principal.name)
         return await self.ctx.db(_state, self.ctx.settings)
 
@@ -198,6 +200,7 @@ class Shadow:
         two honest runs of one version already differ is each agent's noise floor. Answers once
         the runs are started; the verdicts arrive as they finish."""
         require(principal, "shadow.change")
+        versioning_on(self.ctx.settings)
         ctx = self.ctx
         active = (await temporal(ctx, deployment.describe(ctx.temporal, ctx.settings))).current
         if active is None:

@@ -18,7 +18,7 @@ from temporalio.service import RPCError
 
 from services import Context
 from services.access import Principal, require
-from services.errors import Conflict, NotFound, ServiceError, Unavailable, invalid
+from services.errors import Conflict, NotFound, ServiceError, Unavailable, invalid, versioning_on
 from services.version_models import (
     ActivationOut,
     ChangeIn,
@@ -116,6 +116,7 @@ class Versions:
         """Snapshot the server's own agent code, or store a snapshot zip built elsewhere
         (verified against its manifest and checked for secrets, off the event loop)."""
         require(principal, "versions.change")
+        versioning_on(self.ctx.settings)
         settings = self.ctx.settings
 
         def build() -> tuple[Bundle, str]:
@@ -219,6 +220,7 @@ class Versions:
         """Make this the current version: new runs start on it; open runs stay on theirs unless
         `move_inflight`. Conflict if no worker serves it, or the deployment changed meanwhile."""
         require(principal, "versions.change")
+        versioning_on(self.ctx.settings)
         body = body or ChangeIn()
         ctx = self.ctx
         await self.known(version_id)
@@ -236,6 +238,7 @@ class Versions:
         """Back to the version active before the current one; with `from_version`, a retry
         that already happened answers the same and rolls back nothing more."""
         require(principal, "versions.change")
+        versioning_on(self.ctx.settings)
         ctx = self.ctx
         result = await temporal(
             ctx,
@@ -260,6 +263,7 @@ class Versions:
     async def delete(self, principal: Principal, version_id: str) -> None:
         """Delete a snapshot that is not active, not the candidate and pinned by no open run."""
         require(principal, "versions.change")
+        versioning_on(self.ctx.settings)
         ctx = self.ctx
         candidate = (await ctx.db(shadow.get_config)).candidate
         await temporal(
@@ -277,6 +281,8 @@ class Versions:
         cluster's first worker snapshots its image's agents; this activates them). None if there
         is nothing to do; with more than one version, a person chooses."""
         ctx = self.ctx
+        if not ctx.settings.versioning_enabled:
+            return None
         state = await deployment.describe(ctx.temporal, ctx.settings)
         if state.current is not None:
             return None

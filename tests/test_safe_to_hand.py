@@ -392,3 +392,86 @@ async def test_a_run_that_gave_up_on_an_open_circuit_says_so(
     assert run is not None and run.status == "FAILED" and run.error, run
     assert "retry in" not in run.error and "retrying in" not in run.error, run.error
     assert "retries are spent" in run.error, run.error
+
+
+# ---- 15. "Top runs" lists the runs people started, not their shadows ----------------------------
+def test_top_runs_leave_shadow_runs_out(settings: Settings, engine: Any) -> None:
+    from records import ledger
+    from records.ledger import Charge
+
+    def charge(run_id: str, cost: int, shadow: bool) -> Charge:
+        return Charge(
+            run_id=run_id, workflow_id=run_id, activity_id="1", attempt=1, agent="planner",
+            provider="groq", model="m", version=None, prompt_tokens=1, completion_tokens=1,
+            cached_tokens=0, cost_pusd=cost, input_per_mtok=None, output_per_mtok=None,
+            price_source="test", usage_source="reported", shadow=shadow,
+        )  # fmt: skip
+
+    ledger.record_call(engine, charge("run-a", 10**9, False))
+    ledger.record_call(engine, charge("run-a-shadow", 5 * 10**9, True))
+    top, _, _ = ledger.grouped(engine, "run", shadow=False)
+    assert [t["key"] for t in top] == ["run-a"]
+    both, _, _ = ledger.grouped(engine, "run")
+    assert [t["key"] for t in both] == ["run-a-shadow", "run-a"]
+
+
+# ---- 18. the original description's feature flags -------------------------------------------------
+async def test_cost_tracking_off_counts_tokens_prices_nothing_and_refuses_budgets(
+    client: Client, settings: Settings, fake_groq: FakeGroq, engine: Any,
+    new_worker: Callable[..., Worker],
+) -> None:  # fmt: skip
+    off = settings.model_copy(update={"cost_tracking_enabled": False})
+    app = create_app(off, client=client, engine=engine)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=AUTH
+        ) as http:
+            refused = await http.post("/runs", json={"query": "Build it", "budget_usd": "0.50"})
+            assert refused.status_code == 422 and "COST_TRACKING_ENABLED" in refused.text
+            started = await http.post("/runs", json={"query": "Build a snake game"})
+            assert started.status_code == 202, started.text
+            run_id = started.json()["run_id"]
+            async with new_worker(settings=off):
+
+                async def ended() -> bool:
+                    return (await http.get(f"/runs/{run_id}")).json()["status"] == "COMPLETED"
+
+                await assert_eventually(ended, timeout=60)
+            run = (await http.get(f"/runs/{run_id}")).json()
+    assert run["budget_usd"] is None
+    rows = calls_of(engine, run_id)
+    assert rows and all(r.cost_pusd == 0 and r.prompt_tokens > 0 for r in rows)
+    assert all("COST_TRACKING_ENABLED=false" in r.price_source for r in rows)
+
+
+async def test_versioning_off_refuses_version_changes_and_samples_no_shadow(
+    client: Client, settings: Settings, engine: Any, tmp_path: Path
+) -> None:
+    from tests.snapshots import checkout, snapshot
+    from versioning import shadow
+
+    candidate = snapshot(settings, engine, checkout(tmp_path / "c", "Version c."))
+    shadow.set_config(engine, candidate, 1.0, "test")  # would shadow every run if it were on
+    off = settings.model_copy(update={"versioning_enabled": False})
+    app = create_app(off, client=client, engine=engine)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=AUTH
+        ) as http:
+            for method, path, body in (
+                ("POST", "/versions", {}), ("POST", f"/versions/{candidate}/activate", {}),
+                ("POST", f"/versions/{candidate}/shadow", {"rate": 0.5}),
+                ("POST", "/shadow/calibrate", {"runs": 1}),
+            ):  # fmt: skip
+                answer = await http.request(method, path, json=body)
+                assert answer.status_code == 409, (path, answer.text)
+                assert "VERSIONING_ENABLED=false" in answer.text, (path, answer.text)
+            started = await http.post("/runs", json={"query": "Build a snake game"})
+            assert started.status_code == 202
+    with engine.connect() as conn:
+        shadows = conn.execute(
+            text("SELECT run_id FROM run WHERE shadow_of = :p"), {"p": started.json()["run_id"]}
+        ).all()
+    assert shadows == []

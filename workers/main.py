@@ -13,7 +13,8 @@ import os
 import signal
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+from decimal import Decimal
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import Engine
@@ -29,7 +30,7 @@ from activities.models import check_agent_models, model_for, rate_limits
 from activities.ratelimit import RateLimiter
 from activities.tools.builtin import build_tools, default_search_backend
 from activities.tools.search import SearchBackend
-from costs.pricing import Pricer
+from costs.pricing import Priced, Pricer
 from crewline.db import DbRunner, make_engine
 from crewline.metrics import Metrics, free_loopback_port, start_worker_metrics
 from crewline.sandbox import Sandbox
@@ -67,6 +68,17 @@ def worker_interceptors(tracing: Tracing) -> list[Any]:
     return [_RunTracing(tracing.tracer)] if tracing.enabled else []
 
 
+class _Unpriced:
+    """COST_TRACKING_ENABLED=false: every call priced $0, saying so (the Pricer's interface; not
+    in costs/, so snapshots made before the flag keep loading)."""
+
+    def check(self, model: str) -> None:
+        return None
+
+    def price(self, model: str, prompt_tokens: int, completion_tokens: int, **_: Any) -> Priced:
+        return Priced(Decimal(0), None, None, "not priced: COST_TRACKING_ENABLED=false")
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -89,6 +101,8 @@ def build_worker(
     backend = default_search_backend(settings) if search_backend is _UNSET else search_backend
     check_agent_models(settings)
     pricer = Pricer(llm.name, settings.model_prices)
+    if not settings.cost_tracking_enabled:
+        pricer = cast(Pricer, _Unpriced())  # tokens still counted; every row says why it is $0
     for agent in AGENTS:  # an unknown price is a start-up error, never a silent $0
         pricer.check(model_for(settings, agent))
     limits = rate_limits(settings)
