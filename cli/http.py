@@ -8,9 +8,9 @@ from typing import Any, NoReturn
 import httpx
 import typer
 
+from crewline import keyfile as keys
 from crewline.process import exit_hard
 from crewline.settings import Settings
-from services import keys
 
 __all__ = ["api_client", "exit_hard", "fail", "request"]
 

@@ -8,7 +8,6 @@ import typer
 
 from cli.http import exit_hard, request
 from crewline.settings import Settings
-from services.keys import Scope
 
 app = typer.Typer(help="API keys: create, list, revoke (admin).", no_args_is_help=True)
 
@@ -16,10 +15,11 @@ app = typer.Typer(help="API keys: create, list, revoke (admin).", no_args_is_hel
 @app.command()
 def create(
     name: Annotated[str, typer.Option(help="who or what uses it, e.g. ci-bot")],
-    scope: Annotated[Scope, typer.Option(help="read | run | admin")] = Scope.RUN,
+    # A plain string: the API checks it (and says which scopes exist); the CLI stays light.
+    scope: Annotated[str, typer.Option(help="read | run | admin")] = "run",
 ) -> None:
     """Create a key. It is printed once, on stdout; only its hash is kept."""
-    made = request(Settings(), "POST", "/keys", json={"name": name, "scope": scope.value})
+    made = request(Settings(), "POST", "/keys", json={"name": name, "scope": scope})
     typer.echo(
         f"created key {made['key_id']} ({made['name']}, scope {made['scope']}); store it now, "
         "it cannot be shown again:",

@@ -25,12 +25,12 @@ from sqlalchemy import Engine
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from crewline.db import session_scope, utcnow
+from crewline.keyfile import key_file
 from crewline.settings import Settings
 from services.access import Principal, Scope, require
 from services.errors import Conflict, NotFound
 
 PREFIX = "crl_"
-KEY_FILE = "admin.key"
 # A key's `last_used_at` is written at most this often: a request is a read, not a write.
 TOUCH_EVERY = timedelta(minutes=1)
 
@@ -137,10 +137,6 @@ def revoke(engine: Engine, key_id: str, by: str | None = None) -> ApiKey:
         return row
 
 
-def key_file(settings: Settings) -> Path:
-    return settings.data_dir / KEY_FILE
-
-
 def ensure_admin(settings: Settings, engine: Engine) -> str | None:
     """Make sure an admin can sign in. Returns a message for the operator (never the key).
 
@@ -198,18 +194,6 @@ def _ensure_env_key(engine: Engine, key: str) -> str | None:
                 )
             )  # fmt: skip
     return f"admin key {key_id} set from CREWLINE_ADMIN_KEY"
-
-
-def local_key(settings: Settings) -> str | None:
-    """The key a client on this machine uses: CREWLINE_API_KEY, else CREWLINE_ADMIN_KEY, else
-    the key `crewline up` wrote to the data directory."""
-    for configured in (settings.api_key, settings.admin_key):
-        if configured is not None:
-            return configured.get_secret_value()
-    try:
-        return key_file(settings).read_text().strip() or None
-    except OSError:
-        return None
 
 
 # ---- the service ---------------------------------------------------------------------------------
