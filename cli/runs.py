@@ -358,8 +358,9 @@ def costs_table(by: str, items: list[dict[str, Any]], total_usd: Decimal) -> str
     lines.append(f"{'total':<28} {'':>6} {'':>11} {'':>10} {total_usd:>14.6f}")
     if any(item["estimated_calls"] for item in items):
         lines.append(
-            "estimated: calls cut off without reported usage (timeout, lost worker, cancel), "
-            "charged their worst case"
+            "estimated: usage the provider did not report — a call cut off (timeout, lost "
+            "worker, cancel) is charged its worst case; the scripted provider's counts are "
+            "estimates"
         )
     return "\n".join(lines)
 

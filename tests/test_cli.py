@@ -95,7 +95,7 @@ async def test_costs_table_shows_what_was_estimated(
     table = await run_cli("costs", "--by", "agent", api_url=api_url, cwd=tmp_path)
     executor = next(line for line in table.stdout.splitlines() if line.startswith("executor"))
     assert executor.split()[1] == "2" and executor.endswith("(1 calls)")
-    assert "charged their worst case" in table.stdout.splitlines()[-1]
+    assert "charged its worst case" in table.stdout.splitlines()[-1]
     async with httpx.AsyncClient(base_url=api_url, headers=AUTH) as http:
         [run] = (await http.get("/runs")).json()["items"]
         calls = (await http.get(f"/runs/{run['run_id']}/costs")).json()["calls"]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from crewline.keyfile import key_file
 from dashboard import sessions
 from dashboard.sessions import COOKIE
 from dashboard.web import page
@@ -24,7 +25,9 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, next: str | None = None) -> HTMLResponse:
-    return await page(request, "login.html", None, next=_safe_next(next))
+    return await page(
+        request, "login.html", None, next=_safe_next(next), key_path=_key_path(request)
+    )
 
 
 @router.post("/login")
@@ -44,12 +47,17 @@ async def login(
     if made is None:
         return await page(
             request, "login.html", None, status_code=401, next=_safe_next(next),
+            key_path=_key_path(request),
             error="That key is not valid: unknown or revoked.",
         )  # fmt: skip
     token, _ = made
     response = RedirectResponse(_safe_next(next), status_code=303)
     sessions.set_cookie(request, response, token)
     return response
+
+
+def _key_path(request: Request) -> str:
+    return str(key_file(request.app.state.settings).resolve())
 
 
 def _same_origin(request: Request) -> bool:
