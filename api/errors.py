@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from services.errors import encodable
+
 MAX_ECHO = 80
 
 
@@ -55,16 +57,6 @@ def safe(value: Any, depth: int = 0) -> Any:
     if depth < 2 and isinstance(value, list | tuple):
         return [safe(v, depth + 1) for v in list(value)[:10]]
     return encodable(str(value))[:MAX_ECHO]
-
-
-def encodable(text: str) -> str:
-    """`text` as UTF-8 can carry it: a lone surrogate ("\\ud800", valid in JSON's escapes,
-    not in UTF-8) is shown escaped instead of failing the error response itself."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def invalid(loc: tuple[str, ...], msg: str, value: Any = None) -> RequestValidationError:

@@ -99,15 +99,6 @@ _OUTPUTS = select(col(Step.agent), col(Step.output)).where(
 _ARTIFACTS = select(col(Artifact.path)).where(col(Artifact.run_id) == bindparam("p_run_id"))
 
 
-def context_of(engine: Engine, run_id: str, *, artifacts: bool = False) -> dict[str, str]:
-    """What a step is given of the steps before it: their outputs, and (`artifacts`) the
-    coder's files as a list. Read from the step rows (each step committed its output with its
-    ledger row before the next step started) instead of travelling through the workflow's
-    history."""
-    with engine.connect() as conn:
-        return _context_in(conn, run_id, artifacts)
-
-
 def _context_in(conn: Connection, run_id: str, artifacts: bool) -> dict[str, str]:
     found = {agent: output or "" for agent, output in conn.execute(_OUTPUTS, {"p_run_id": run_id})}
     if artifacts and "coder" in found:
@@ -347,14 +338,6 @@ def turn_settled_in(conn: Connection, record: TurnRecord) -> None:
         )  # fmt: skip
 
 
-def turn_of(
-    engine: Engine, run_id: str, agent: str, turn: int
-) -> tuple[Turn, list[ToolCall]] | None:
-    """A recorded turn and its tool calls, or None."""
-    with Session(engine) as session:
-        return _turn_in(session, run_id, agent, turn)
-
-
 # Built once, executed with parameters: a turn reads these before every model call.
 _CALLS_OF = (col(ToolCall.run_id) == bindparam("p_run_id")) & (
     col(ToolCall.agent) == bindparam("p_agent")
@@ -390,14 +373,6 @@ def _turn_in(
     if row is None:
         return None
     return row, list(session.exec(_TURN_CALLS, params=params).all())
-
-
-def transcript_of(
-    engine: Engine, run_id: str, agent: str, before: int
-) -> list[tuple[Turn, list[ToolCall]]]:
-    """An agent's finished turns before `before`, each with its tool calls, in order."""
-    with Session(engine) as session:
-        return _transcript_in(session, run_id, agent, before)
 
 
 def _transcript_in(

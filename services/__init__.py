@@ -12,7 +12,8 @@ the settings, the database engine, the Temporal client, the metrics and tracing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
@@ -38,9 +39,19 @@ class Context:
     metrics: Metrics = field(default_factory=Metrics)
     tracing: Tracing = field(default_factory=lambda: Tracing(None))
 
+    # Work a service starts and does not wait for (a shadow's start, a calibration's starts),
+    # kept referenced until done; the reconciler repairs what dies with the process.
+    detached: set[asyncio.Future[Any]] = field(default_factory=set)
+
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(engine, *args, **kwargs)` in a worker thread: SQLAlchemy is synchronous."""
         return await run_in_threadpool(fn, self.engine, *args, **kwargs)
+
+    def detach(self, work: Awaitable[Any]) -> None:
+        """Run `work` after the answer, off the caller's path."""
+        future = asyncio.ensure_future(work)
+        self.detached.add(future)
+        future.add_done_callback(self.detached.discard)
 
 
 class Services:

@@ -21,8 +21,19 @@ _LONG = re.compile(r"\S{" + str(MAX_ECHO + 1) + ",}")
 def _bounded(message: str) -> str:
     """`message` with any token over MAX_ECHO characters cut (a 6,000-character id sent to a
     404 comes back as its first 80 characters and its length), and encodable as UTF-8."""
-    cut = _LONG.sub(lambda m: f"{m.group(0)[:MAX_ECHO]}… ({len(m.group(0))} chars)", message)
-    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+    return encodable(
+        _LONG.sub(lambda m: f"{m.group(0)[:MAX_ECHO]}… ({len(m.group(0))} chars)", message)
+    )
+
+
+def encodable(text: str) -> str:
+    """`text` as UTF-8 can carry it: a lone surrogate ("\\ud800", valid in JSON's escapes,
+    not in UTF-8) is shown escaped instead of failing the answer that echoes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class ServiceError(HTTPException):

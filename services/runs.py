@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import uuid
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -494,20 +493,13 @@ def _costs(engine: Engine, run: Run) -> RunCosts:
 class Runs:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._detached: set[asyncio.Task[Any]] = set()
 
     async def _visible(self, principal: Principal, run_id: str) -> Run:
         """The run, if this key may see it; else the same 404 as for a run that does not exist."""
         run = await self.ctx.db(records.get_run, run_id)
         if run is None or not principal.may_see(run):
-            shown = run_id if len(run_id) <= 80 else run_id[:80] + "…"
-            raise NotFound(f"run {shown!r} not found")
+            raise NotFound(f"run {run_id!r} not found")  # a long id is cut by ServiceError
         return run
-
-    def _detach(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._detached.add(task)
-        task.add_done_callback(self._detached.discard)
 
     async def start(
         self, principal: Principal, body: RunCreate, idempotency_key: str | None = None
@@ -547,7 +539,7 @@ class Runs:
             # After the primary's start, off its path: a shadow never delays or fails it. If
             # this process dies first, the reconciler starts the shadow's row.
             primary_span = trace.get_current_span().get_span_context()
-            self._detach(self.start_shadow(shadow_row, primary_span))
+            self.ctx.detach(self.start_shadow(shadow_row, primary_span))
         return self._accepted(run)
 
     def _accepted(self, run: Run) -> RunAccepted:

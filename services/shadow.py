@@ -159,7 +159,6 @@ class Shadow:
         self.ctx = ctx
         self._sandbox: Sandbox | None = None
         self._judge_model: Judge | None = None
-        self._jobs: set[asyncio.Future[list[bool | BaseException]]] = set()
 
     async def state(self, principal: Principal) -> ShadowState:
         """The candidate, its rate, today's shadow spend, and why sampling is paused, if it is."""
@@ -242,11 +241,9 @@ class Shadow:
         rows = await asyncio.to_thread(plan)
         # A started job: the rows are written, their workflows start after the answer (50 starts
         # held the request 11 s); a start that never happens is repaired by the reconciler.
-        starting = asyncio.gather(
-            *(start_workflow_for(ctx, row) for row in rows), return_exceptions=True
+        ctx.detach(
+            asyncio.gather(*(start_workflow_for(ctx, row) for row in rows), return_exceptions=True)
         )
-        self._jobs.add(starting)
-        starting.add_done_callback(self._jobs.discard)
         return Calibration(
             version=active, shadow_runs=[r.run_id for r in rows],
             status=f"/divergences?version={active}&alerts_only=false",

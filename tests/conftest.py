@@ -5,6 +5,7 @@ wheels, nothing downloaded), a fresh task queue and database per test, the fake 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -191,16 +192,25 @@ def engine(settings: Settings) -> Any:
     return make_engine(settings.resolved_database_url)
 
 
-@pytest.fixture
-async def api(client: Client, settings: Settings, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """The real API app (lifespan included) over ASGI, on the test's settings and database."""
+@contextlib.asynccontextmanager
+async def serving(
+    settings: Settings, client: Client, engine: Any, headers: dict[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real API app (lifespan included) over ASGI, on these settings and database."""
     app = create_app(settings, client=client, engine=engine)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://localhost", headers=AUTH
+            transport=transport, base_url="http://localhost", headers=headers
         ) as http:
             yield http
+
+
+@pytest.fixture
+async def api(client: Client, settings: Settings, engine: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The real API app on the test's settings and database, sending the admin key."""
+    async with serving(settings, client, engine, AUTH) as http:
+        yield http
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from crewline.settings import Settings
 from dashboard import render
 from records.ledger import calls_of
 from services.runs import url_path
-from tests.conftest import ADMIN_KEY, assert_eventually, start_pipeline
+from tests.conftest import ADMIN_KEY, assert_eventually, serving, start_pipeline
 from tests.fakes import FakeGroq, Reply
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -102,16 +102,13 @@ async def test_sixty_concurrent_posts_from_a_fresh_key_start_at_most_its_limit(
     client: Client, settings: Settings, engine: Any
 ) -> None:
     limited = settings.model_copy(update={"key_max_inflight": 20, "key_runs_per_minute": 1000})
-    app = create_app(limited, client=client, engine=engine)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
-            made = await http.post("/keys", json={"name": "burst", "scope": "run"}, headers=AUTH)
-            key = {"Authorization": f"Bearer {made.json()['key']}"}
-            answers = await asyncio.gather(*(
-                http.post("/runs", json={"query": f"Build a snake game {i}"}, headers=key)
-                for i in range(60)
-            ))  # fmt: skip
+    async with serving(limited, client, engine) as http:
+        made = await http.post("/keys", json={"name": "burst", "scope": "run"}, headers=AUTH)
+        key = {"Authorization": f"Bearer {made.json()['key']}"}
+        answers = await asyncio.gather(*(
+            http.post("/runs", json={"query": f"Build a snake game {i}"}, headers=key)
+            for i in range(60)
+        ))  # fmt: skip
     codes = sorted(a.status_code for a in answers)
     assert codes.count(202) == 20 and codes.count(429) == 40, codes
 
@@ -296,14 +293,11 @@ async def test_versions_have_a_quota(
     for name in ("a", "b"):
         snapshot(capped, engine, checkout(tmp_path / name, f"Version {name}."))
     third = bundle.zip_bytes(bundle.collect(checkout(tmp_path / "c", "Version c."), capped))
-    app = create_app(capped, client=client, engine=engine)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
-            answer = await http.post(
-                "/versions", content=third,
-                headers={**AUTH, "Content-Type": "application/zip"},
-            )  # fmt: skip
+    async with serving(capped, client, engine) as http:
+        answer = await http.post(
+            "/versions", content=third,
+            headers={**AUTH, "Content-Type": "application/zip"},
+        )  # fmt: skip
     assert answer.status_code == 409 and "MAX_VERSIONS" in answer.text, answer.text
 
 
@@ -421,24 +415,19 @@ async def test_cost_tracking_off_counts_tokens_prices_nothing_and_refuses_budget
     new_worker: Callable[..., Worker],
 ) -> None:  # fmt: skip
     off = settings.model_copy(update={"cost_tracking_enabled": False})
-    app = create_app(off, client=client, engine=engine)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://localhost", headers=AUTH
-        ) as http:
-            refused = await http.post("/runs", json={"query": "Build it", "budget_usd": "0.50"})
-            assert refused.status_code == 422 and "COST_TRACKING_ENABLED" in refused.text
-            started = await http.post("/runs", json={"query": "Build a snake game"})
-            assert started.status_code == 202, started.text
-            run_id = started.json()["run_id"]
-            async with new_worker(settings=off):
+    async with serving(off, client, engine, AUTH) as http:
+        refused = await http.post("/runs", json={"query": "Build it", "budget_usd": "0.50"})
+        assert refused.status_code == 422 and "COST_TRACKING_ENABLED" in refused.text
+        started = await http.post("/runs", json={"query": "Build a snake game"})
+        assert started.status_code == 202, started.text
+        run_id = started.json()["run_id"]
+        async with new_worker(settings=off):
 
-                async def ended() -> bool:
-                    return (await http.get(f"/runs/{run_id}")).json()["status"] == "COMPLETED"
+            async def ended() -> bool:
+                return (await http.get(f"/runs/{run_id}")).json()["status"] == "COMPLETED"
 
-                await assert_eventually(ended, timeout=60)
-            run = (await http.get(f"/runs/{run_id}")).json()
+            await assert_eventually(ended, timeout=60)
+        run = (await http.get(f"/runs/{run_id}")).json()
     assert run["budget_usd"] is None
     rows = calls_of(engine, run_id)
     assert rows and all(r.cost_pusd == 0 and r.prompt_tokens > 0 for r in rows)
@@ -454,22 +443,17 @@ async def test_versioning_off_refuses_version_changes_and_samples_no_shadow(
     candidate = snapshot(settings, engine, checkout(tmp_path / "c", "Version c."))
     shadow.set_config(engine, candidate, 1.0, "test")  # would shadow every run if it were on
     off = settings.model_copy(update={"versioning_enabled": False})
-    app = create_app(off, client=client, engine=engine)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://localhost", headers=AUTH
-        ) as http:
-            for method, path, body in (
-                ("POST", "/versions", {}), ("POST", f"/versions/{candidate}/activate", {}),
-                ("POST", f"/versions/{candidate}/shadow", {"rate": 0.5}),
-                ("POST", "/shadow/calibrate", {"runs": 1}),
-            ):  # fmt: skip
-                answer = await http.request(method, path, json=body)
-                assert answer.status_code == 409, (path, answer.text)
-                assert "VERSIONING_ENABLED=false" in answer.text, (path, answer.text)
-            started = await http.post("/runs", json={"query": "Build a snake game"})
-            assert started.status_code == 202
+    async with serving(off, client, engine, AUTH) as http:
+        for method, path, body in (
+            ("POST", "/versions", {}), ("POST", f"/versions/{candidate}/activate", {}),
+            ("POST", f"/versions/{candidate}/shadow", {"rate": 0.5}),
+            ("POST", "/shadow/calibrate", {"runs": 1}),
+        ):  # fmt: skip
+            answer = await http.request(method, path, json=body)
+            assert answer.status_code == 409, (path, answer.text)
+            assert "VERSIONING_ENABLED=false" in answer.text, (path, answer.text)
+        started = await http.post("/runs", json={"query": "Build a snake game"})
+        assert started.status_code == 202
     with engine.connect() as conn:
         shadows = conn.execute(
             text("SELECT run_id FROM run WHERE shadow_of = :p"), {"p": started.json()["run_id"]}

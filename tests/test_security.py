@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ from temporalio.worker import Worker
 from cli.server import create_app
 from crewline.settings import Settings
 from services.keys import ApiKey
-from tests.conftest import ADMIN_KEY, AUTH, assert_eventually
+from tests.conftest import ADMIN_KEY, AUTH, assert_eventually, serving
 
 pytestmark = pytest.mark.both_databases
 
@@ -67,17 +66,6 @@ SAMPLE = {
     "version_id": "snap-0123456789ab",
 }
 SAMPLE |= {"a": "snap-0123456789ab", "b": "snap-ba9876543210", "key_id": "nope0000"}
-
-
-@asynccontextmanager
-async def serving(
-    settings: Settings, client: Client, engine: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, client=client, engine=engine)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
-            yield http
 
 
 def bearer(key: str) -> dict[str, str]:
