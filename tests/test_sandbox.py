@@ -279,7 +279,8 @@ async def test_a_worker_killed_during_the_checks_runs_them_again_and_bills_nothi
     assert record["status"] == "passed" and len(record["rounds"]) == 1
     assert fake_groq.count("coder") == 2  # no model turn re-sent
     assert [c.attempt for c in calls_of(engine, run_id) if c.agent == "coder"] == [1, 1]
-    assert not _sleeping()  # the killed worker's command died with it
+    # The killed worker's command died with it (its namespace is torn down asynchronously).
+    await assert_eventually(lambda: not _sleeping(), timeout=5, interval=0.1)
     assert [t.turn for t in turns_of(engine, run_id)[0] if t.agent == "coder"] == [1, 2]
 
 
