@@ -50,6 +50,15 @@ class Metrics:
             "Runs stopped (stop) or paused (pause) because their budget ran out",
             ["event"], registry=r,
         )  # fmt: skip
+        self.approvals = Counter(
+            "crewline_approvals",
+            "Tool calls that waited for a person: asked, then approved, denied, timed_out or "
+            "cancelled", ["event"], registry=r,
+        )  # fmt: skip
+        # Open event streams (GET /runs/{id}/events) in this API process.
+        self.event_streams = Gauge(
+            "crewline_event_streams", "Event streams (SSE) open in this API process", registry=r
+        )
         # steps
         self.step_seconds = Histogram(
             "crewline_step_duration_seconds",

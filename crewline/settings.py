@@ -144,6 +144,15 @@ class Settings(BaseSettings):
     # Rounds of acceptance checks the Coder gets: a failed round with rounds left goes back to it
     # to repair (0: the checks are not run).
     check_rounds: int = Field(default=3, alias="CHECK_ROUNDS", ge=0, le=10)
+    # Tools whose every call waits for a person's approval in this deployment (besides the tools
+    # registered `requires_approval`), e.g. APPROVAL_REQUIRED_TOOLS=write_file,run_command; and
+    # how long a call waits before it is denied as "approval timed out".
+    approval_required_tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="APPROVAL_REQUIRED_TOOLS"
+    )
+    approval_timeout_s: float = Field(
+        default=86_400.0, alias="APPROVAL_TIMEOUT_S", gt=0, le=30 * 86_400
+    )
 
     # --- research ----------------------------------------------------------------------------
     search_backend: Literal["ddgs", "none"] = Field(default="ddgs", alias="SEARCH_BACKEND")
@@ -198,7 +207,7 @@ class Settings(BaseSettings):
     # Snapshots kept at most (each is a zip on disk and a registry row).
     max_versions: int = Field(default=200, alias="MAX_VERSIONS", ge=2)
     request_body_timeout_s: float = Field(default=30.0, alias="REQUEST_BODY_TIMEOUT_S", gt=0)
-    api_max_connections: int = Field(default=1000, alias="API_MAX_CONNECTIONS", ge=10)
+    api_max_connections: int = Field(default=4096, alias="API_MAX_CONNECTIONS", ge=10)
 
     # --- observability ---------------------------------------------------------------------
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
@@ -236,7 +245,7 @@ class Settings(BaseSettings):
                 ) from exc
         return value
 
-    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @field_validator("allowed_hosts", "allowed_origins", "approval_required_tools", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):  # ALLOWED_HOSTS=a.example,b.example (or a JSON list)

@@ -49,6 +49,11 @@ class PipelineInput(BaseModel):
     max_turns: int | None = None
     # Rounds of acceptance checks the Coder gets (CHECK_ROUNDS); None: 3; 0: not run.
     check_rounds: int | None = None
+    # Tools whose calls wait for a person's approval in this run (`POST /runs {"approve": …}`),
+    # besides those registered `requires_approval` and the deployment's APPROVAL_REQUIRED_TOOLS.
+    approve: list[str] = []
+    # How long a call waits for a decision before it is denied (APPROVAL_TIMEOUT_S); None: 24 h.
+    approval_timeout_s: float | None = None
 
 
 class BudgetRaise(BaseModel):
@@ -81,6 +86,7 @@ class Progress(BaseModel):
     error: str | None = None
     budget_usd: Decimal | None = None
     spent_usd: Decimal = Decimal(0)
+    approvals: list[PendingApproval] = []
 
 
 class StepSummary(Compact):
@@ -110,6 +116,27 @@ class CancelNote(BaseModel):
     record says who stopped it — written by the workflow, like every status change."""
 
     by: str
+
+
+class ApprovalDecision(BaseModel):
+    """A person's decision on a tool call that waits for approval (the `decide_approval`
+    signal): delivered durably even while no worker is up; the first decision of a call wins."""
+
+    call_id: str
+    decision: Literal["approve", "deny"]
+    by: str  # "name (key id)"
+    reason: str | None = None
+
+
+class PendingApproval(BaseModel):
+    """A tool call the run waits on (in the `progress` query)."""
+
+    call_id: str
+    agent: str
+    tool: str
+    summary: str = ""
+    asked_at: str = ""  # ISO time
+    deadline: str = ""  # ISO time: past it, the call is denied ("approval timed out")
 
 
 # The workflow's name (stored in histories, used by every client that starts a run).

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from crewline.db import insert_for, session_scope, utcnow
+from records import events
 from records.tables import Artifact, BreakerRow, Intent, Run, Step, ToolCall, Turn
 
 
@@ -86,11 +87,13 @@ def run_started_in(
         {"p_run_id": run_id, "p_query": query, "p_provider": provider, "p_version": version,
          "p_now": utcnow()},
     )  # fmt: skip
+    events.emit_in(conn, run_id, "run:started", events.RUN, {"status": "RUNNING"})
 
 
 def run_completed_in(conn: Connection, *, run_id: str, final_answer: str) -> None:
     """The run is COMPLETED with this answer (written with its last step's ledger row)."""
     conn.execute(_RUN_COMPLETED, {"p_run_id": run_id, "p_answer": final_answer, "p_now": utcnow()})
+    events.emit_in(conn, run_id, "run:ended", events.RUN, {"status": "COMPLETED"})
 
 
 _OUTPUTS = select(col(Step.agent), col(Step.output)).where(
@@ -107,7 +110,9 @@ def _context_in(conn: Connection, run_id: str, artifacts: bool) -> dict[str, str
     return found
 
 
-def update_run(engine: Engine, run_id: str, **fields: Any) -> None:
+def update_run(engine: Engine, run_id: str, *, event_key: str | None = None, **fields: Any) -> None:
+    """The workflow's write of its run's row; `event_key`: the status change's event (its key:
+    written again, it is still one event)."""
     with session_scope(engine) as session:
         run = session.get(Run, run_id)
         if run is None:
@@ -119,10 +124,19 @@ def update_run(engine: Engine, run_id: str, **fields: Any) -> None:
             setattr(run, key, value)
         run.updated_at = utcnow()
         session.add(run)
+        if event_key is not None:
+            data = {"status": run.status}
+            for name in ("error", "budget_usd"):
+                if fields.get(name) is not None:
+                    data[name] = str(fields[name])
+            events.emit_in(session.connection(), run_id, event_key, events.RUN, data)
 
 
 def note_cancelled(engine: Engine, run_id: str, agent: str | None) -> None:
-    """Say where a cancelled run stopped, after who cancelled it (written by the API)."""
+    """Say where a cancelled run stopped, after who cancelled it; its calls waiting for a
+    decision are cancelled with it."""
+    from records.approvals import cancel_pending_in
+
     with session_scope(engine) as session:
         run = session.get(Run, run_id)
         if run is None:
@@ -132,6 +146,7 @@ def note_cancelled(engine: Engine, run_id: str, agent: str | None) -> None:
         if where not in reason:
             run.error = reason + where
         session.add(run)
+        cancel_pending_in(session.connection(), run_id)
 
 
 @functools.cache
@@ -251,6 +266,9 @@ def close_run(
             .where(col(Run.run_id) == run_id, col(Run.status).in_([s.value for s in OPEN]))
             .values(**values)
         )
+        if done.rowcount:
+            data = {"status": status} | ({"error": error} if error else {})
+            events.emit_in(conn, run_id, "run:ended", events.RUN, data)
     return bool(done.rowcount)
 
 
@@ -285,6 +303,8 @@ class TurnRecord:
     attempt: int
     calls: tuple[PlannedCall, ...] = ()
     feedback: str | None = None
+    # Its event carries the model's text (TRACE_CONTENT); otherwise counts and summaries only.
+    text_in_event: bool = False
 
 
 @functools.cache
@@ -336,6 +356,17 @@ def turn_settled_in(conn: Connection, record: TurnRecord) -> None:
                 "p_args_json": json.dumps(call.args), "p_status": "PENDING",
             },
         )  # fmt: skip
+    data: dict[str, Any] = {
+        "agent": record.agent, "turn": record.turn, "model": record.model,
+        "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
+        "cost_usd": str(record.cost_usd), "spent_usd": str(events.spent_in(conn, record.run_id)),
+        "finish_reason": record.finish_reason,
+        "calls": [{"call_id": c.call_id, "name": c.name,
+                   "call": events.describe_call(c.name, c.args)} for c in record.calls],
+    }  # fmt: skip
+    if record.text_in_event:
+        data["text"] = str(record.message.get("content") or "")[:4000]
+    events.emit_in(conn, record.run_id, f"turn:{record.agent}:{record.turn}", events.TURN, data)
 
 
 # Built once, executed with parameters: a turn reads these before every model call.
@@ -417,11 +448,23 @@ class CallResult:
     data: dict[str, Any] | None
     intent: bool
     duration_ms: int
+    # For its event: the call in one line, its turn, and the result's text (TRACE_CONTENT only).
+    call: str = ""
+    turn: int = 0
+    text_in_event: bool = False
 
 
 def tool_call_done(engine: Engine, run_id: str, agent: str, call_id: str, done: CallResult) -> None:
-    """The call's result: the checkpoint its retries read."""
+    """The call's result: the checkpoint its retries read (and its event)."""
     with engine.begin() as conn:
+        data: dict[str, Any] = {
+            "agent": agent, "turn": done.turn, "call_id": call_id, "call": done.call,
+            "result": done.summary[:300], "ok": done.ok, "chars": len(done.result),
+            "duration_ms": done.duration_ms, "intent": done.intent,
+        }  # fmt: skip
+        if done.text_in_event:
+            data["text"] = done.result[:4000]
+        events.emit_in(conn, run_id, f"tool:{agent}:{call_id}", events.TOOL, data)
         conn.execute(
             update(ToolCall)
             .where(col(ToolCall.run_id) == run_id, col(ToolCall.agent) == agent,
@@ -560,9 +603,22 @@ def finish_step(
             conn, run_id, agent, status="COMPLETED", output=output, notes=notes,
             stop_reason=stop_reason, finished_at=utcnow(), reserved_usd=0,
         )  # fmt: skip
+        step_finished_in(conn, run_id, agent, output, stop_reason)
         if run_completed:
             run_completed_in(conn, run_id=run_id, final_answer=output)
     return output
+
+
+def step_finished_in(
+    conn: Connection, run_id: str, agent: str, output: str, stop_reason: str | None = None
+) -> None:
+    """The event of a step that ended COMPLETED (its output's first line, why it stopped)."""
+    first = output.strip().splitlines()[0][:200] if output.strip() else ""
+    events.emit_in(
+        conn, run_id, f"step:{agent}:finished", events.STEP,
+        {"agent": agent, "status": "COMPLETED", "output": first, "chars": len(output),
+         "stop_reason": stop_reason},
+    )  # fmt: skip
 
 
 def files_output(paths: list[str], answer: str) -> str:
@@ -583,6 +639,12 @@ def checks_of(engine: Engine, run_id: str, agent: str) -> Any:
     return json.loads(row) if row else None
 
 
-def save_checks(engine: Engine, run_id: str, agent: str, checks: Any) -> None:
+def save_checks(
+    engine: Engine, run_id: str, agent: str, checks: Any, event: dict[str, Any] | None = None
+) -> None:
+    """A step's checks; `event`: a round's outcome for the run's watchers (`round` keys it)."""
     with engine.begin() as conn:
         upsert_step_in(conn, run_id, agent, checks_json=json.dumps(checks))
+        if event is not None:
+            key = f"checks:{agent}:{event.get('round', 0)}"
+            events.emit_in(conn, run_id, key, events.CHECKS, {"agent": agent, **event})

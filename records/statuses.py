@@ -13,6 +13,7 @@ class RunStatus(StrEnum):
     QUEUED = "QUEUED"  # accepted; its workflow is starting (or being repaired: services.reconcile)
     RUNNING = "RUNNING"
     WAITING_FOR_BUDGET = "WAITING_FOR_BUDGET"  # paused until the budget is raised
+    WAITING_FOR_APPROVAL = "WAITING_FOR_APPROVAL"  # a tool call waits for a person's decision
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
@@ -32,6 +33,7 @@ class StepStatus(StrEnum):
     WAITING = "WAITING"  # the provider's circuit breaker is open; Temporal retries after it
     WAITING_FOR_RATE_LIMIT = "WAITING_FOR_RATE_LIMIT"
     WAITING_FOR_BUDGET = "WAITING_FOR_BUDGET"
+    WAITING_FOR_APPROVAL = "WAITING_FOR_APPROVAL"
     ERROR = "ERROR"  # the last attempt failed; Temporal retries it
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
@@ -41,3 +43,14 @@ class StepStatus(StrEnum):
 
 def is_terminal(status: str) -> bool:
     return status in TERMINAL
+
+
+class Approval(StrEnum):
+    """A tool call's approval (`tool_call.approval`; None: it needed none)."""
+
+    PENDING = "PENDING"  # asked; the run waits
+    APPROVED = "APPROVED"
+    DENIED = "DENIED"
+    TIMED_OUT = "TIMED_OUT"  # nobody answered before the deadline: denied
+    CANCELLED = "CANCELLED"  # the run was cancelled while it waited
+    WOULD_ASK = "WOULD_ASK"  # a shadow run: never asked, never run; recorded as an intent

@@ -39,6 +39,8 @@ class Run(SQLModel, table=True):
     key_id: str | None = Field(default=None, index=True, max_length=32)
     # Its OpenTelemetry trace (32 hex), when tracing is on.
     trace_id: str | None = Field(default=None, max_length=32)
+    # Tools whose calls wait for a person in this run (a JSON list; `POST /runs {"approve"}`).
+    approve_json: str | None = Field(default=None, max_length=2000)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -248,3 +250,30 @@ class ToolCall(SQLModel, table=True):
     duration_ms: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # A call that needed a person's approval (`records.statuses.Approval`): asked when, decided
+    # by whom, when and why.
+    approval: str | None = Field(default=None, max_length=16)
+    approval_asked_at: datetime | None = None
+    approval_by: str | None = Field(default=None, max_length=200)
+    approval_note: str | None = Field(default=None, max_length=1000)
+    approval_decided_at: datetime | None = None
+
+
+class RunEvent(SQLModel, table=True):
+    """What happened in a run, numbered per run (`seq` 1, 2, …): the stream a watcher follows
+    (`GET /runs/{id}/events`). Written in the transaction of the fact it reports, keyed by that
+    fact (`key`: "turn:coder:2"), so a retried activity never adds an event twice."""
+
+    __tablename__ = "run_event"
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq", name="uq_run_event_seq"),
+        UniqueConstraint("run_id", "key", name="uq_run_event_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=64)
+    seq: int
+    key: str = Field(max_length=200)
+    kind: str = Field(max_length=32)
+    data_json: str = Field(sa_column=Column(Text, nullable=False))
+    at: datetime = Field(default_factory=utcnow)
