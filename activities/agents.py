@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -46,7 +47,7 @@ from activities.persist import persist
 from activities.prompts import render
 from activities.ratelimit import RateLimiter
 from activities.specs import AgentSpec, Output, spec
-from activities.tools import ToolContext, ToolRegistry
+from activities.tools import ToolContext, ToolOutput, ToolRegistry
 from activities.tools.builtin import workspace_files
 from costs.pricing import Pricer
 from crewline.db import DbRunner, utcnow
@@ -54,11 +55,11 @@ from crewline.metrics import Metrics
 from crewline.sandbox import Sandbox
 from crewline.settings import Settings
 from crewline.telemetry import Tracing
-from records import ledger
+from records import approvals, events, ledger
 from records import runs as store
 from records.pipeline import Compact
 from records.runs import CallResult, PlannedCall, TurnRecord
-from records.statuses import AGENTS, TERMINAL, StepStatus
+from records.statuses import AGENTS, TERMINAL, Approval, StepStatus
 from records.tables import ToolCall, Turn
 
 log = structlog.get_logger("crewline.agents")
@@ -99,6 +100,10 @@ class CallRef(Compact):
     name: str
     summary: str = ""  # "web_search 'stripe payment intents'": the Web UI's activity summary
     fingerprint: str = ""  # name + arguments, hashed: an identical call repeated is a loop
+    # The tool is registered `requires_approval`, or the deployment names it
+    # (APPROVAL_REQUIRED_TOOLS): the call waits for a person (the run's own list is the
+    # workflow's to add).
+    requires_approval: bool = False
 
 
 class TurnResult(Compact):
@@ -128,6 +133,30 @@ class ToolInput(Compact):
     name: str = ""
     dry_run: bool = False
     shadow_of: str | None = None
+    # A call that needed a person: APPROVED (it runs), DENIED or TIMED_OUT (it does not; the
+    # model reads why), WOULD_ASK (a shadow run: never asked, never run, recorded as an intent).
+    approval: str | None = None
+    approval_by: str | None = None
+    approval_note: str | None = None
+
+
+class ApprovalAsk(Compact):
+    run_id: str
+    agent: str
+    call_id: str
+    tool: str
+    summary: str = ""
+    deadline: str = ""  # ISO time
+
+
+class ApprovalDone(Compact):
+    run_id: str
+    agent: str
+    call_id: str
+    tool: str
+    state: str  # records.statuses.Approval
+    by: str
+    note: str | None = None
 
 
 class ToolResult(Compact):
@@ -170,6 +199,8 @@ class FinishResult(Compact):
 class RunUpdate(BaseModel):
     run_id: str
     status: str
+    # Numbers the status changes of one run, so each is one event however often it is written.
+    change: int | None = None
     query: str | None = None
     final_answer: str | None = None
     error: str | None = None
@@ -241,15 +272,6 @@ def _fingerprint(name: str, arguments: str) -> str:
     except ValueError:
         canonical = arguments
     return hashlib.sha256(f"{name}:{canonical}".encode()).hexdigest()[:16]
-
-
-def _describe(name: str, args: dict[str, Any]) -> str:
-    """A tool call in one line, for people: `web_search 'stripe payment intents'`."""
-    shown = args.get("query") or args.get("url") or args.get("path") or args.get("command")
-    if shown is None:
-        return name
-    text = str(shown).replace("\n", " ")
-    return f"{name} {text[:80]!r}"
 
 
 def _args(arguments: str) -> dict[str, Any]:
@@ -392,6 +414,7 @@ class AgentActivities:
                 prompt_tokens=response.prompt_tokens,
                 completion_tokens=response.completion_tokens, cost_usd=cost,
                 attempt=attempt, calls=tuple(decision.calls), feedback=decision.feedback,
+                text_in_event=self._settings.trace_content,
             ),
         )  # fmt: skip
         fields: dict[str, Any] = {"reserved_usd": 0, "model": response.model}
@@ -402,21 +425,36 @@ class AgentActivities:
             )  # fmt: skip
             if decision.checks is not None:
                 fields["checks_json"] = json.dumps(decision.checks)
-            if inp.run_status == "COMPLETED":
-                store.run_completed_in(conn, run_id=inp.run_id, final_answer=decision.output)
         elif decision.notes:
             fields["notes"] = decision.notes
         store.step_usage_in(conn, inp.run_id, inp.agent, **fields)
+        if decision.finished:
+            store.step_finished_in(conn, inp.run_id, inp.agent, decision.output)
+            if inp.run_status == "COMPLETED":
+                store.run_completed_in(conn, run_id=inp.run_id, final_answer=decision.output)
 
     def _run_row(self, inp: TurnInput) -> RunRow | None:
-        if inp.run_status != "RUNNING":
-            return None
-        return RunRow(
-            at_reserve=functools.partial(
+        """What rides on the turn's reservation: the run's start (its first turn), and the
+        step's (the agent's first turn), with their events."""
+        hooks: list[Callable[[Connection], None]] = []
+        if inp.run_status == "RUNNING":
+            hooks.append(functools.partial(
                 store.run_started_in, run_id=inp.run_id, query=inp.query,
                 provider=self._llm.name, version=self._version,
-            )
-        )  # fmt: skip
+            ))  # fmt: skip
+        if inp.turn == 1:
+            hooks.append(functools.partial(
+                events.emit_in, run_id=inp.run_id, key=f"step:{inp.agent}:started",
+                kind=events.STEP, data={"agent": inp.agent, "status": "RUNNING"},
+            ))  # fmt: skip
+        if not hooks:
+            return None
+
+        def at_reserve(conn: Connection) -> None:
+            for hook in hooks:
+                hook(conn)
+
+        return RunRow(at_reserve=at_reserve)
 
     async def _conversation(
         self,
@@ -472,15 +510,23 @@ class AgentActivities:
             finish_reason=response.finish_reason, max_tokens_shrunk=outcome.max_tokens_shrunk,
         )  # fmt: skip
 
-    @staticmethod
-    def _ref(call: PlannedCall) -> CallRef:
+    def _ref(self, call: PlannedCall) -> CallRef:
         arguments = json.dumps(call.args, sort_keys=True)
         return CallRef(
             call_id=call.call_id,
             name=call.name,
-            summary=_describe(call.name, call.args),
+            summary=events.describe_call(call.name, call.args),
             fingerprint=_fingerprint(call.name, arguments),
+            requires_approval=self._requires_approval(call.name),
         )
+
+    def _requires_approval(self, name: str) -> bool:
+        if name in self._settings.approval_required_tools:
+            return True
+        try:
+            return self._tools.get(name).requires_approval
+        except KeyError:  # an unknown tool: the model is told so, nothing to approve
+            return False
 
     async def _from_record(self, inp: TurnInput, turn: Turn, calls: list[ToolCall]) -> TurnResult:
         """The result a recorded turn gave (a retried attempt after its answer was committed)."""
@@ -523,9 +569,9 @@ class AgentActivities:
         )  # fmt: skip
         started = time.monotonic()
         args = json.loads(row.args_json)
-        if "__invalid_json__" in args:
-            from activities.tools import ToolOutput
-
+        if inp.approval is not None and inp.approval != Approval.APPROVED:
+            output = await self._not_approved(inp, ctx, args)
+        elif "__invalid_json__" in args:
             output = ToolOutput(
                 "error: the arguments were not valid JSON; call the tool again with a JSON "
                 "object of its parameters", ok=False, summary="arguments were not JSON",
@@ -536,20 +582,80 @@ class AgentActivities:
             except (OperationalError, InterfaceError):
                 raise  # the database, not the tool: Temporal retries the call
             except Exception as exc:  # a tool's own failure is the model's to read
-                from activities.tools import ToolOutput
-
                 output = ToolOutput(f"error: {type(exc).__name__}: {str(exc)[:300]}", ok=False,
                                     summary=f"failed: {type(exc).__name__}")  # fmt: skip
         done = CallResult(
             ok=output.ok, summary=output.summary or ("ok" if output.ok else "error"),
             result=output.for_model(), data=output.data, intent=bool(ctx.intents),
             duration_ms=int((time.monotonic() - started) * 1000),
+            call=events.describe_call(row.name, args), turn=inp.turn,
+            text_in_event=self._settings.trace_content,
         )  # fmt: skip
         await self._write(store.tool_call_done, inp.run_id, inp.agent, inp.call_id, done)
         return ToolResult(
             call_id=inp.call_id, name=row.name, ok=done.ok, summary=done.summary,
             chars=len(done.result), duration_ms=done.duration_ms, intent=done.intent,
         )  # fmt: skip
+
+    async def _not_approved(
+        self, inp: ToolInput, ctx: ToolContext, args: dict[str, Any]
+    ) -> ToolOutput:
+        """A call that was denied, timed out, or (a shadow run) would have asked: not run; the
+        model reads why, so it can go on another way."""
+        if inp.approval == Approval.WOULD_ASK:
+            summary = f"would ask for approval: {events.describe_call(inp.name, args)}"
+            await self._write(
+                store.record_intent, inp.run_id, inp.agent, ctx.intent_seq, inp.name, summary,
+                args,
+            )  # fmt: skip
+            await self._write(approvals.would_ask, inp.run_id, inp.agent, inp.call_id)
+            ctx.intents.append({"tool": inp.name, "summary": summary})
+            return ToolOutput(
+                f"(shadow run: this call needs a person's approval; nobody was asked and "
+                f"nothing was done) {summary}", summary=summary, data={"intent": True},
+            )  # fmt: skip
+        why = inp.approval_note or "no reason given"
+        if inp.approval == Approval.TIMED_OUT:
+            text = f"error: not run: nobody approved this call in time ({why})"
+        else:
+            text = f"error: not run: {inp.approval_by or 'a person'} denied this call: {why}"
+        return ToolOutput(
+            text + ". Do not call it again with the same arguments; go on another way.",
+            ok=False, summary=f"{(inp.approval or '').lower().replace('_', ' ')}: {why}"[:120],
+        )  # fmt: skip
+
+    # ---- approvals: the run waits for a person ------------------------------------------------
+    @activity.defn(name="approval_asked")
+    async def approval_asked(self, ask: ApprovalAsk) -> None:
+        """A call waits for a decision: recorded on the call, its step and run say so."""
+        turn_text = await self._write(approvals.stated_reason, ask.run_id, ask.agent, ask.call_id)
+        await self._write(
+            approvals.asked, ask.run_id, ask.agent, ask.call_id, tool=ask.tool,
+            summary=ask.summary, reason=turn_text,
+            deadline=datetime.fromisoformat(ask.deadline) if ask.deadline else utcnow(),
+        )  # fmt: skip
+        self._metrics.approvals.labels("asked").inc()
+        log.info("approval.asked", run_id=ask.run_id, agent=ask.agent, call_id=ask.call_id,
+                 tool=ask.tool)  # fmt: skip
+
+    @activity.defn(name="approval_decided")
+    async def approval_decided(self, done: ApprovalDone) -> None:
+        """A call's decision: who, when and why, on the call and in the trace."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(
+                {"crewline.run_id": done.run_id, "crewline.agent": done.agent,
+                 "gen_ai.tool.name": done.tool, "gen_ai.tool.call.id": done.call_id,
+                 "crewline.approval": done.state, "crewline.approval.by": done.by,
+                 "crewline.approval.note": (done.note or "")[:300]}
+            )  # fmt: skip
+        await self._write(
+            approvals.decided, done.run_id, done.agent, done.call_id,
+            state=Approval(done.state), by=done.by, note=done.note,
+        )  # fmt: skip
+        self._metrics.approvals.labels(done.state.lower()).inc()
+        log.info("approval.decided", run_id=done.run_id, agent=done.agent,
+                 call_id=done.call_id, state=done.state, by=done.by)  # fmt: skip
 
     @staticmethod
     def _tool_result(row: ToolCall) -> ToolResult:
@@ -598,7 +704,13 @@ class AgentActivities:
             record["rounds"] = [*record.get("rounds", []), {"round": inp.round, "results": results}]
             record["status"] = checks.PASSED if all(r["passed"] for r in results) else checks.FAILED
             record["dry_run"] = inp.dry_run
-        await self._write(store.save_checks, inp.run_id, inp.agent, record)
+        last = record["rounds"][-1]["results"] if why is None else []
+        passed = sum(1 for r in last if r["passed"])
+        event = {
+            "round": inp.round, "rounds": inp.rounds, "status": record["status"],
+            "passed": passed, "total": len(last), "why": why,
+        }  # fmt: skip
+        await self._write(store.save_checks, inp.run_id, inp.agent, record, event)
         return record
 
     # ---- closing a step --------------------------------------------------------------------------
@@ -626,7 +738,11 @@ class AgentActivities:
             value = getattr(update, name)
             if value is not None:
                 fields[name] = value
-        await self._write(store.update_run, update.run_id, **fields)
+        key = (
+            "run:ended" if update.status in TERMINAL
+            else f"run:{update.status}:{update.change}" if update.change is not None else None
+        )  # fmt: skip
+        await self._write(store.update_run, update.run_id, event_key=key, **fields)
         self._metrics.run_status(update.status, self._version)
         if update.status in TERMINAL:
             # An attempt whose worker died mid-call and was never retried (the run failed or
@@ -651,4 +767,7 @@ class AgentActivities:
 
     def all(self) -> list[object]:
         """Every activity the worker registers (the tests' worker registers the same list)."""
-        return [self.turn, self.tool, self.acceptance, self.finish, self.record_run]
+        return [
+            self.turn, self.tool, self.acceptance, self.finish, self.record_run,
+            self.approval_asked, self.approval_decided,
+        ]  # fmt: skip

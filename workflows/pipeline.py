@@ -33,6 +33,8 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from activities.agents import (
         AgentActivities,
+        ApprovalAsk,
+        ApprovalDone,
         CallRef,
         ChecksInput,
         ChecksResult,
@@ -44,9 +46,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.specs import Output, specs
     from records.pipeline import (
+        ApprovalDecision,
         BudgetRaise,
         BudgetState,
         CancelNote,
+        PendingApproval,
         PipelineInput,
         PipelineResult,
         Progress,
@@ -54,7 +58,7 @@ with workflow.unsafe.imports_passed_through():
         StepRetry,
         StepSummary,
     )
-    from records.statuses import AGENTS, TERMINAL
+    from records.statuses import AGENTS, TERMINAL, Approval
     from workflows import legacy
 
 __all__ = ["AgentPipelineWorkflow", "PipelineInput", "PipelineResult", "StepRetry"]
@@ -103,6 +107,15 @@ BUDGET_RECORDED_BY_WORKFLOW = "budget-recorded-by-workflow"
 BUDGET_WARNINGS = (50, 80, 100)  # percent of budget: one structured warning each
 # The same tool call (same tool, same arguments) this many times in one agent's loop stops it.
 TOOL_REPEAT_LIMIT = 3
+# How long a call waits for a person's decision when the run does not say (APPROVAL_TIMEOUT_S).
+DEFAULT_APPROVAL_TIMEOUT = timedelta(hours=24)
+
+
+def _duration(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
 
 
 class _BudgetStop(Exception):
@@ -155,6 +168,10 @@ class AgentPipelineWorkflow:
         self._summaries: list[StepSummary] = []
         self._artifacts: list[str] = []
         self._scripted = False
+        # Calls waiting for a person, and the decisions received (the first per call wins).
+        self._pending: dict[str, PendingApproval] = {}
+        self._decisions: dict[str, ApprovalDecision] = {}
+        self._changes = 0  # status records so far: numbers each one's event
 
     @workflow.update(name="raise_budget")
     async def raise_budget(self, req: BudgetRaise) -> BudgetState:
@@ -180,6 +197,18 @@ class AgentPipelineWorkflow:
         """Who asked to cancel: sent just before Temporal's cancel request, recorded with it."""
         self._cancelled_by = note.by
 
+    @workflow.signal(name="decide_approval")
+    def decide_approval(self, decision: ApprovalDecision) -> None:
+        """A person's decision on a waiting call. A signal, so it is kept even while no worker
+        is up; a decision for a call that is not waiting (decided already, or unknown) is
+        ignored — the API checks the call's record before it sends one."""
+        if decision.call_id in self._pending and decision.call_id not in self._decisions:
+            self._decisions[decision.call_id] = decision
+        else:
+            workflow.logger.info(
+                "approval.ignored", extra={"run_id": self._run_id, "call_id": decision.call_id}
+            )
+
     @workflow.query(name="progress")
     def progress(self) -> Progress:
         return Progress(
@@ -191,6 +220,7 @@ class AgentPipelineWorkflow:
             error=self._error,
             budget_usd=self._budget,
             spent_usd=self._spent,
+            approvals=list(self._pending.values()),
         )
 
     @workflow.run
@@ -292,8 +322,69 @@ class AgentPipelineWorkflow:
             times = seen[call.fingerprint]
             if times >= TOOL_REPEAT_LIMIT and not call.call_id.startswith("file-"):
                 return f"stopped: it made the same call ({call.summary}) {times} times"
-            await self._tool(agent, inp, turn, call)
+            decision: ApprovalDone | None = None
+            if call.requires_approval or call.name in inp.approve:
+                decision = (
+                    ApprovalDone(run_id=inp.run_id, agent=agent, call_id=call.call_id,
+                                 tool=call.name, state=Approval.WOULD_ASK, by="shadow run")
+                    if inp.shadow_of is not None else await self._ask(agent, inp, call)
+                )  # fmt: skip
+            await self._tool(agent, inp, turn, call, decision)
         return None
+
+    async def _ask(self, agent: str, inp: PipelineInput, call: CallRef) -> ApprovalDone:
+        """Wait — durably: no worker slot held, one timer — for a person's decision on this
+        call; past the deadline it is denied ("approval timed out"). Cancelling the run while
+        it waits cancels the wait (and the call's approval, recorded with the cancel)."""
+        timeout = (
+            timedelta(seconds=inp.approval_timeout_s) if inp.approval_timeout_s
+            else DEFAULT_APPROVAL_TIMEOUT
+        )  # fmt: skip
+        asked = workflow.now()
+        pending = PendingApproval(
+            call_id=call.call_id, agent=agent, tool=call.name, summary=call.summary,
+            asked_at=asked.isoformat(), deadline=(asked + timeout).isoformat(),
+        )  # fmt: skip
+        self._pending[call.call_id] = pending
+        self._status = "WAITING_FOR_APPROVAL"
+        self._steps[agent].status = "WAITING_FOR_APPROVAL"
+        await workflow.execute_local_activity_method(
+            AgentActivities.approval_asked,
+            ApprovalAsk(
+                run_id=inp.run_id, agent=agent, call_id=call.call_id, tool=call.name,
+                summary=call.summary, deadline=pending.deadline,
+            ),
+            start_to_close_timeout=BOOKKEEPING_START_TO_CLOSE,
+            retry_policy=BOOKKEEPING_RETRY,
+            summary=f"{agent}: ask approval for {call.summary}"[:200],
+        )  # fmt: skip
+        workflow.logger.info("approval.waiting", extra={"run_id": inp.run_id, "agent": agent,
+                                                         "call_id": call.call_id})  # fmt: skip
+        try:
+            await workflow.wait_condition(lambda: call.call_id in self._decisions, timeout=timeout)
+            got = self._decisions[call.call_id]
+            state = Approval.APPROVED if got.decision == "approve" else Approval.DENIED
+            done = ApprovalDone(
+                run_id=inp.run_id, agent=agent, call_id=call.call_id, tool=call.name,
+                state=state, by=got.by, note=got.reason,
+            )  # fmt: skip
+        except TimeoutError:
+            done = ApprovalDone(
+                run_id=inp.run_id, agent=agent, call_id=call.call_id, tool=call.name,
+                state=Approval.TIMED_OUT, by="crewline",
+                note=f"approval timed out after {_duration(timeout)}",
+            )  # fmt: skip
+        del self._pending[call.call_id]
+        self._status = "RUNNING"
+        self._steps[agent].status = "RUNNING"
+        await workflow.execute_local_activity_method(
+            AgentActivities.approval_decided,
+            done,
+            start_to_close_timeout=BOOKKEEPING_START_TO_CLOSE,
+            retry_policy=BOOKKEEPING_RETRY,
+            summary=f"{agent}: {call.summary} {done.state.lower()} by {done.by}"[:200],
+        )  # fmt: skip
+        return done
 
     async def _checks(
         self, agent: str, inp: PipelineInput, round_no: int, rounds: int, turn: int
@@ -359,12 +450,18 @@ class AgentPipelineWorkflow:
             except ActivityError as err:
                 await self._on_budget_refusal(agent, inp, err)
 
-    async def _tool(self, agent: str, inp: PipelineInput, turn: int, call: CallRef) -> None:
+    async def _tool(
+        self, agent: str, inp: PipelineInput, turn: int, call: CallRef,
+        approval: ApprovalDone | None = None,
+    ) -> None:  # fmt: skip
         await workflow.execute_activity_method(
             AgentActivities.tool,
             ToolInput(
                 run_id=inp.run_id, agent=agent, turn=turn, call_id=call.call_id,
                 name=call.name, dry_run=inp.dry_run, shadow_of=inp.shadow_of,
+                approval=approval.state if approval else None,
+                approval_by=approval.by if approval else None,
+                approval_note=approval.note if approval else None,
             ),
             start_to_close_timeout=TOOL_START_TO_CLOSE,
             heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,
@@ -454,6 +551,8 @@ class AgentPipelineWorkflow:
         )
 
     async def _record(self, update: RunUpdate) -> None:
+        self._changes += 1
+        update.change = self._changes
         summary = f"record run status {update.status}"
         # A local activity runs in the worker that holds the workflow task: no round trip
         # through the server, no extra workflow task. Runs of the old shape recorded before

@@ -62,6 +62,8 @@ class ToolSpec:
     fn: ToolFn
     # One line saying what a dry run would have done, from the call's arguments.
     describe: Callable[[dict[str, Any]], str] | None = None
+    # Every call waits for a person's decision before it runs (the run pauses durably).
+    requires_approval: bool = False
 
     def summary(self, args: dict[str, Any]) -> str:
         if self.describe is not None:
@@ -165,6 +167,7 @@ class ToolRegistry:
     def manifest(self) -> list[dict[str, Any]]:
         return [
             {"name": s.name, "side_effects": s.side_effects, "description": s.description}
+            | ({"requires_approval": True} if s.requires_approval else {})
             for s in self._tools.values()
         ]
 
