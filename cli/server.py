@@ -35,6 +35,9 @@ from services import Context, Services
 from services import keys as key_store
 
 log = structlog.get_logger("crewline.api")
+# Open event streams hold a connection each: at shutdown they are ended first, and uvicorn gives
+# whatever is still open this long.
+GRACEFUL_SHUTDOWN_S = 5
 # How long start-up waits for the admin key to be written before serving (then it keeps trying).
 ADMIN_KEY_WAIT_S = 5.0
 
@@ -91,6 +94,7 @@ def create_app(
         if reconcile:
             loop = asyncio.create_task(services.reconciler.run_forever(settings.reconcile_every_s))
         yield
+        await services.events.hub.close()
         admin.cancel()
         if loop is not None:
             loop.cancel()
@@ -122,3 +126,38 @@ def create_app(
             exclude_spans=["receive", "send"],  # one server span per request, not three
         )
     return app
+
+
+def serve_config(app: FastAPI, settings: Settings) -> Any:
+    """uvicorn's settings for the API (`crewline api`, `crewline up`): at most
+    API_MAX_CONNECTIONS at once — each event stream is one — with the process's open-file limit
+    raised to fit them where the system allows."""
+    import uvicorn
+
+    _files_for(settings.api_max_connections + 256)
+    return uvicorn.Config(
+        app, host=settings.api_host, port=settings.api_port, log_level="warning",
+        limit_concurrency=settings.api_max_connections,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )  # fmt: skip
+
+
+def _files_for(needed: int) -> None:
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            if target < needed:
+                log.warning("api.open_files_limited", limit=target, wanted=needed)
+    except (ImportError, ValueError, OSError) as exc:  # not POSIX, or not allowed
+        log.warning("api.open_files_unchanged", error=str(exc)[:200])
+
+
+async def stop_streams(app: FastAPI) -> None:
+    """End the app's event streams (before its server stops: they would hold it open)."""
+    services = getattr(app.state, "services", None)
+    if services is not None:
+        await services.events.hub.close()

@@ -82,11 +82,8 @@ def api() -> None:
     """Run the HTTP API against TEMPORAL_ADDRESS."""
     import uvicorn
 
-    from cli.server import create_app
+    from cli.server import create_app, serve_config
 
     settings = configure()
-    uvicorn.run(
-        create_app(settings), host=settings.api_host, port=settings.api_port,
-        limit_concurrency=settings.api_max_connections,
-    )  # fmt: skip
+    uvicorn.Server(serve_config(create_app(settings), settings)).run()
     exit_hard(0)

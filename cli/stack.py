@@ -29,7 +29,7 @@ import uvicorn
 from sqlalchemy import Engine
 from temporalio.client import Client
 
-from cli.server import create_app
+from cli.server import create_app, serve_config, stop_streams
 from crewline.db import make_engine
 from crewline.process import stop_processes
 from crewline.settings import Settings
@@ -381,15 +381,7 @@ async def run_stack(settings: Settings, worker_processes: int = 1) -> None:
             settings, client=client, engine=engine, tracing=tracing,
             health_parts={"stack": supervisor.health},
         )  # fmt: skip
-        api = _ApiServer(
-            uvicorn.Config(
-                app,
-                host=settings.api_host,
-                port=settings.api_port,
-                log_level="warning",
-                limit_concurrency=settings.api_max_connections,
-            )
-        )
+        api = _ApiServer(serve_config(app, settings))
         api_task = asyncio.create_task(api.serve())
         # The banner only once the API answers (or has failed to start: then its error shows).
         await asyncio.wait(
@@ -401,6 +393,7 @@ async def run_stack(settings: Settings, worker_processes: int = 1) -> None:
         await asyncio.wait(
             {api_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
         )
+        await stop_streams(app)
         api.should_exit = True
         await api_task
         stop.set()

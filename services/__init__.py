@@ -1,10 +1,12 @@
 """The services: what crewline does, written once, for every door.
 
 The API's routes, the dashboard's pages and (through the API) the CLI call these typed services —
-runs (start, cancel, raise budget, detail, list, artifacts), costs, versions (snapshot, activate,
-roll back, diff, history), shadow (candidate, calibrate, divergences, report), keys, health — and
-none calls another's handler. Each method checks its caller's scope first (`services.access`),
-raises `services.errors` for what it refuses, and keeps the database off the event loop.
+runs (start, cancel, raise budget, detail, list, artifacts), approvals (decide on a tool call
+that waits for a person), events (a run's stream of what happens), costs, versions (snapshot,
+activate, roll back, diff, history), shadow (candidate, calibrate, divergences, report), keys,
+health — and none calls another's handler. Each method checks its caller's scope first
+(`services.access`), raises `services.errors` for what it refuses, and keeps the database off
+the event loop.
 
 `Services` is built once per process by the composition root (`cli/server.py`) from a `Context`:
 the settings, the database engine, the Temporal client, the metrics and tracing.
@@ -56,7 +58,9 @@ class Context:
 
 class Services:
     def __init__(self, ctx: Context) -> None:
+        from services.approvals import Approvals
         from services.costs import Costs
+        from services.events import Events
         from services.health import Health
         from services.keys import Keys
         from services.reconcile import Reconciler
@@ -66,6 +70,8 @@ class Services:
 
         self.ctx = ctx
         self.runs = Runs(ctx)
+        self.approvals = Approvals(ctx)
+        self.events = Events(ctx)
         self.costs = Costs(ctx)
         self.versions = Versions(ctx)
         self.shadow = Shadow(ctx)

@@ -18,7 +18,7 @@ from services.errors import Forbidden
 
 class Scope(StrEnum):
     READ = "read"  # every GET route: an observer, a dashboard
-    RUN = "run"  # start runs, and read / cancel / raise the budget of its own runs
+    RUN = "run"  # start runs; read, cancel, raise the budget of, approve calls in its own runs
     ADMIN = "admin"  # everything: other keys' runs, versions, shadow, keys
 
 
@@ -32,6 +32,7 @@ ALLOWED: dict[str, frozenset[Scope]] = {
     "runs.read": frozenset({READ, RUN, ADMIN}),
     "runs.cancel": frozenset({RUN, ADMIN}),
     "runs.budget": frozenset({RUN, ADMIN}),
+    "runs.approve": frozenset({RUN, ADMIN}),
     # costs (a `run` key: its own runs' spend only)
     "costs.read": frozenset({READ, RUN, ADMIN}),
     # versions, shadows, divergences: the whole deployment's

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StrictBool,
+    StringConstraints,
     WithJsonSchema,
     field_validator,
 )
@@ -122,6 +123,28 @@ Usd = Annotated[
 Timestamp = Annotated[datetime, BeforeValidator(_iso_utc)]
 
 
+def _tool_names() -> list[str]:
+    """The tools the agents can call (their specs' tool lists), for a run's `approve`."""
+    from activities.specs import specs
+
+    return sorted({tool for agent in specs().values() for tool in agent.tools})
+
+
+def _a_tool(name: str) -> str:
+    known = _tool_names()
+    if name not in known:
+        raise ValueError(f"no agent calls a tool {name[:64]!r}; tools: {', '.join(known)}")
+    return name
+
+
+ToolName = Annotated[
+    str,
+    StringConstraints(max_length=64),
+    AfterValidator(_a_tool),
+    WithJsonSchema({"type": "string", "enum": _tool_names()}),
+]
+
+
 class RunCreate(BaseModel):
     query: str = Field(
         max_length=MAX_QUERY_CHARS, pattern=r"\S", description="What the agents should do"
@@ -131,6 +154,12 @@ class RunCreate(BaseModel):
     dry_run: StrictBool = Field(
         default=False,
         description="side-effect tools record what they would do (intents) instead of acting",
+    )
+    approve: list[ToolName] = Field(
+        default=[],
+        max_length=20,
+        description="tools whose calls wait for a person's approval in this run, e.g. "
+        '["write_file"] (besides the deployment\'s APPROVAL_REQUIRED_TOOLS)',
     )
 
     @field_validator("query", mode="before")
@@ -177,6 +206,45 @@ class ToolCallView(BaseModel):
     result_chars: int | None = None
     duration_ms: int | None = None
     intent: bool = Field(default=False, description="a dry run recorded what it would have done")
+    approval: ApprovalView | None = Field(
+        default=None, description="the call needed a person's approval: asked, decided"
+    )
+
+
+class ApprovalView(BaseModel):
+    """A tool call that needed a person: what it is, why the agent wanted it, the decision."""
+
+    run_id: str
+    call_id: str
+    agent: str
+    tool: str
+    call: str = Field(description="the call in one line, e.g. write_file 'game/main.py'")
+    arguments: dict[str, Any] = Field(
+        default={}, description="its arguments (long values cut at 2,000 characters)"
+    )
+    reason: str | None = Field(default=None, description="what the agent said as it asked")
+    state: str = Field(description="PENDING, APPROVED, DENIED, TIMED_OUT, CANCELLED, WOULD_ASK")
+    asked_at: datetime | None = None
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    note: str | None = Field(default=None, description="the decider's reason")
+
+
+class ApprovalIn(BaseModel):
+    decision: Literal["approve", "deny"]
+    reason: str | None = Field(
+        default=None, max_length=1000, description="why; a denial's reason goes to the agent"
+    )
+
+
+class ApprovalSent(BaseModel):
+    run_id: str
+    call_id: str
+    decision: Literal["approve", "deny"]
+    applied: bool = Field(
+        description="the run has recorded it (false: it will when a worker picks it up)"
+    )
+    state: str = Field(description="the call's approval state as recorded now")
 
 
 class TurnView(BaseModel):
@@ -329,6 +397,9 @@ class RunOut(BaseModel):
     )
     checks: ChecksSummary | None = Field(
         default=None, description="the acceptance checks (each round: the Coder step's checks)"
+    )
+    approvals: list[ApprovalView] = Field(
+        default=[], description="tool calls that needed a person's approval (PENDING: waiting)"
     )
     links: RunLinks
 

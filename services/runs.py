@@ -51,11 +51,13 @@ from crewline.telemetry import current_trace_id
 from crewline.temporal import has_workflow_pollers
 from records import ledger
 from records import runs as records
+from records.events import describe_call
 from records.pipeline import BudgetRaise, BudgetState, CancelNote, PipelineInput, StepRetry
 from records.statuses import OPEN, TERMINAL, RunStatus
 from records.tables import Intent, Run
 from services import Context
 from services.access import Principal, require
+from services.approvals import approvals_of
 from services.errors import (
     Conflict,
     NoAnswer,
@@ -67,6 +69,7 @@ from services.errors import (
 )
 from services.keys import ApiKey
 from services.models import (
+    ApprovalView,
     ArtifactOut,
     CallOut,
     ChecksSummary,
@@ -244,6 +247,8 @@ async def start_workflow_for(ctx: Context, run: Run) -> bool:
         shadow_of=run.shadow_of,
         max_turns=settings.max_turns or None,
         check_rounds=settings.check_rounds,
+        approve=json.loads(run.approve_json) if run.approve_json else [],
+        approval_timeout_s=settings.approval_timeout_s,
     )
     extra: dict[str, Any] = {}
     if run.shadow_of is not None:
@@ -359,13 +364,14 @@ def _describe(name: str, args_json: str) -> str:
         args = json.loads(args_json)
     except ValueError:
         args = {}
-    shown = args.get("query") or args.get("url") or args.get("path") or args.get("command")
-    return name if shown is None else f"{name} {str(shown).replace(chr(10), ' ')[:80]!r}"
+    return describe_call(name, args if isinstance(args, dict) else {})
 
 
-def _steps(engine: Engine, run_id: str) -> list[StepOut]:
-    """The run's steps, each with its turns and their tool calls."""
+def _steps(engine: Engine, run_id: str) -> tuple[list[StepOut], list[ApprovalView]]:
+    """The run's steps, each with its turns and their tool calls; and the calls that needed a
+    person's approval."""
     turns, calls = records.turns_of(engine, run_id)
+    asked = {a.call_id: a for a in approvals_of(engine, calls)}
     by_turn: dict[tuple[str, int], list[ToolCallView]] = {}
     for c in calls:
         by_turn.setdefault((c.agent, c.turn), []).append(
@@ -373,7 +379,7 @@ def _steps(engine: Engine, run_id: str) -> list[StepOut]:
                 call_id=c.call_id, name=c.name, summary=_describe(c.name, c.args_json),
                 status=c.status, ok=c.ok, result=c.summary,
                 result_chars=len(c.result) if c.result is not None else None,
-                duration_ms=c.duration_ms, intent=c.intent,
+                duration_ms=c.duration_ms, intent=c.intent, approval=asked.get(c.call_id),
             )
         )  # fmt: skip
     views: dict[str, list[TurnView]] = {}
@@ -391,7 +397,7 @@ def _steps(engine: Engine, run_id: str) -> list[StepOut]:
         view.turns = views.get(step.agent, [])
         view.checks = json.loads(step.checks_json) if step.checks_json else None
         out.append(view)
-    return out
+    return out, list(asked.values())
 
 
 def _checks_summary(record: Any) -> ChecksSummary | None:
@@ -409,7 +415,7 @@ def run_detail(engine: Engine, settings: Settings, run: Run) -> RunOut:
     """A run with its steps, artifacts, intents, spend and shadow verdicts."""
     spent = ledger.spent_by_run(engine, [run.run_id]).get(run.run_id, Decimal(0))
     out = _summary(settings, run, spent)
-    out.steps = _steps(engine, run.run_id)
+    out.steps, out.approvals = _steps(engine, run.run_id)
     out.checks = _checks_summary(next((s.checks for s in out.steps if s.agent == "coder"), None))
     out.artifacts = _artifacts(engine, run.run_id)
     out.intents = [_intent_out(run.run_id, i) for i in records.intents_of(engine, run.run_id)]
@@ -522,10 +528,12 @@ class Runs:
             else None
         )
         dry_run = body.dry_run or settings.dry_run
+        approve = sorted(set(body.approve))
         run = Run(
             run_id=new_run_id(), query=body.query, budget_usd=budget,
             idempotency_key=idempotency_key, provider=provider, dry_run=dry_run or None,
             key_id=principal.key_id, trace_id=current_trace_id(),
+            approve_json=json.dumps(approve) if approve else None,
         )  # fmt: skip
         shadow_row = await self._shadow_row(run)
         claim = await self.ctx.db(_claim, settings, run, shadow_row)
@@ -563,6 +571,7 @@ class Runs:
             run_id=shadow_id(primary.run_id), query=primary.query,
             budget_usd=decision.budget_usd, provider=primary.provider, dry_run=True,
             shadow_of=primary.run_id, key_id=primary.key_id, version=decision.candidate,
+            approve_json=primary.approve_json,
         )  # fmt: skip
 
     async def _start_or_undo(self, run: Run, shadow_row: Run | None) -> None:

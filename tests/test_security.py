@@ -39,6 +39,9 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/runs/{run_id}/costs"): {R, RUN, A},
     ("GET", "/costs"): {R, RUN, A},
     ("POST", "/runs/{run_id}/budget"): {RUN, A},
+    ("GET", "/runs/{run_id}/approvals"): {R, RUN, A},
+    ("POST", "/runs/{run_id}/approvals/{call_id}"): {RUN, A},
+    ("GET", "/runs/{run_id}/events"): {R, RUN, A},
     ("GET", "/versions/shadow"): {R, A},
     ("POST", "/versions/{version_id}/shadow"): {A},
     ("DELETE", "/versions/shadow"): {A},
@@ -62,6 +65,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
 SAMPLE = {
     "run_id": "run-nope",
     "intent_id": "1",
+    "call_id": "call_1",
     "path": "a.txt",
     "version_id": "snap-0123456789ab",
 }
@@ -144,7 +148,8 @@ async def test_a_run_key_sees_and_changes_only_its_own_runs(
     started = await api.post("/runs", json={"query": "Build a snake game"}, headers=bearer(alice))
     assert started.status_code == 202
     run_id = started.json()["run_id"]
-    for url in (f"/runs/{run_id}", f"/runs/{run_id}/costs", f"/runs/{run_id}/artifacts"):
+    for url in (f"/runs/{run_id}", f"/runs/{run_id}/costs", f"/runs/{run_id}/artifacts",
+                f"/runs/{run_id}/approvals"):  # fmt: skip
         assert (await api.get(url, headers=bearer(bob))).status_code == 404
         assert (await api.get(url, headers=bearer(alice))).status_code == 200
         assert (await api.get(url, headers=bearer(reader))).status_code == 200
@@ -153,6 +158,12 @@ async def test_a_run_key_sees_and_changes_only_its_own_runs(
     )
     assert refused.status_code == 404 and "not found" in refused.json()["detail"]
     assert (await api.post(f"/runs/{run_id}/cancel", headers=bearer(bob))).status_code == 404
+    decide = await api.post(
+        f"/runs/{run_id}/approvals/call_1", json={"decision": "approve"}, headers=bearer(bob)
+    )
+    assert decide.status_code == 404 and "not found" in decide.json()["detail"]
+    events = await api.get(f"/runs/{run_id}/events", headers=bearer(bob))
+    assert events.status_code == 404
     assert (await api.get("/runs", headers=bearer(bob))).json()["total"] == 0
     mine = (await api.get("/runs", headers=bearer(alice))).json()
     assert [r["run_id"] for r in mine["items"]] == [run_id]

@@ -1,18 +1,22 @@
 """`/runs`: start, read, list and cancel runs, raise a budget, a run's costs, artifacts and
-intents — thin: each route is its `services.runs` call. The workflow id is the run id, so a run
+intents, decide on a tool call that waits for approval, follow a run's events (Server-Sent
+Events) — thin: each route is its service's call. The workflow id is the run id, so a run
 can be found in the Temporal Web UI and with `temporal workflow show -w RUN_ID`."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 from fastapi.responses import FileResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.errors import documented
 from api.security import (
     AUTH_RESPONSES,
+    CanApprove,
     CanCancelRuns,
     CanRaiseBudgets,
     CanReadRuns,
@@ -20,8 +24,13 @@ from api.security import (
 )
 from records.statuses import RunStatus
 from services import ServicesDep
+from services.errors import invalid
+from services.events import Subscription
 from services.models import (
     MAX_OFFSET,
+    ApprovalIn,
+    ApprovalSent,
+    ApprovalView,
     ArtifactOut,
     BudgetRaiseIn,
     IntentDetail,
@@ -136,3 +145,72 @@ async def download_artifact(
     target = await services.runs.artifact_file(key, run_id, path)
     # Always a download: an agent-written .html must never render in the API's origin.
     return FileResponse(target, filename=Path(path).name, media_type="application/octet-stream")
+
+
+@router.get("/{run_id}/approvals", response_model=list[ApprovalView], responses=documented(404))
+async def waiting_approvals(
+    run_id: str, services: ServicesDep, key: CanReadRuns
+) -> list[ApprovalView]:
+    """The run's tool calls waiting for a person's decision now."""
+    return await services.approvals.waiting(key, run_id)
+
+
+@router.post(
+    "/{run_id}/approvals/{call_id}",
+    response_model=ApprovalSent,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={200: {"model": ApprovalSent, "description": "decided and recorded by the run"},
+               **documented(404, 409, 503)},
+)  # fmt: skip
+async def decide_approval(
+    run_id: str, call_id: str, body: ApprovalIn, response: Response, services: ServicesDep,
+    key: CanApprove,
+) -> ApprovalSent:  # fmt: skip
+    """Approve or deny a tool call that waits for a person (`run` keys: their own runs). 200: the
+    run recorded it; 202: it will as soon as a worker picks the run up. A denial's reason goes
+    to the agent as the call's result."""
+    sent = await services.approvals.decide(key, run_id, call_id, body)
+    if sent.applied:
+        response.status_code = status.HTTP_200_OK
+    return sent
+
+
+async def _subscription(
+    run_id: str,
+    services: ServicesDep,
+    key: CanReadRuns,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=10**12, description="events numbered above this")
+    ] = None,
+) -> Subscription:
+    start = after or 0
+    if last_event_id is not None and last_event_id.strip():
+        if not last_event_id.strip().isascii() or not last_event_id.strip().isdigit():
+            raise invalid(
+                ("header", "last-event-id"),
+                "must be an event number (the `id:` of an event)",
+                last_event_id[:20],
+            )
+        start = max(start, int(last_event_id.strip()))
+    return await services.events.open(key, run_id, start)
+
+
+@router.get(
+    "/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"description": "Server-Sent Events: `id` the event's number in the run, `event` "
+                             "its kind (run, step, turn, tool, approval, checks), `data` JSON"},
+        **documented(404),
+    },
+)  # fmt: skip
+async def run_events(
+    sub: Annotated[Subscription, Depends(_subscription)],
+) -> AsyncIterator[ServerSentEvent]:
+    """Follow a run: what happened so far (after `Last-Event-ID` on a reconnect), then each new
+    event as it happens, until the run ends. Idle streams get a comment every 15 s."""
+    async for event in sub.events():
+        yield ServerSentEvent(
+            id=None if event.seq is None else str(event.seq), event=event.kind, data=event.data
+        )

@@ -3,6 +3,7 @@ and what the transport accepts (`transport`)."""
 
 from api.security.auth import (
     AUTH_RESPONSES,
+    CanApprove,
     CanCancelRuns,
     CanChangeShadow,
     CanChangeVersions,
@@ -20,6 +21,7 @@ from api.security.transport import install
 
 __all__ = [
     "AUTH_RESPONSES",
+    "CanApprove",
     "CanCancelRuns",
     "CanChangeShadow",
     "CanChangeVersions",
