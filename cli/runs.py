@@ -15,6 +15,7 @@ import httpx
 import typer
 
 from cli.http import api_client, exit_hard, fail, request
+from cli.watch import RunWatch
 from crewline.settings import Settings
 from records.statuses import TERMINAL as TERMINAL_STATUSES
 
@@ -34,7 +35,7 @@ def _step_line(step: dict[str, Any]) -> str:
     mark = {
         "COMPLETED": "✓", "FAILED": "✗", "CANCELLED": "■", "ERROR": "!", "WAITING": "…",
         "WAITING_FOR_RATE_LIMIT": "…",
-        "BUDGET_EXCEEDED": "$", "WAITING_FOR_BUDGET": "$",
+        "BUDGET_EXCEEDED": "$", "WAITING_FOR_BUDGET": "$", "WAITING_FOR_APPROVAL": "?",
     }.get(status, "▶")  # fmt: skip
     tokens = ""
     if step.get("prompt_tokens") is not None:
@@ -112,6 +113,28 @@ def _tool_calls(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+def _approval_line(approval: dict[str, Any]) -> str:
+    """A call that needed a person, as `run` and `status` show it: waiting (with the agent's
+    stated reason and the command that decides), or how it was decided."""
+    head = f"    {approval['agent']:<10}"
+    state = approval["state"]
+    if state == "PENDING":
+        why = f" — {approval['reason'][:160]!r}" if approval.get("reason") else ""
+        return (
+            f"{head} ? {approval['call']} waits for approval{why}\n"
+            f"{'':16}decide: crewline approve {approval['run_id']} {approval['call_id']}"
+            " [--deny --reason '…']"
+        )
+    if state == "WOULD_ASK":
+        return f"{head} ? {approval['call']}: would ask for approval (shadow: not run)"
+    mark = "✓" if state == "APPROVED" else "✗"
+    verb = {"APPROVED": "approved", "DENIED": "denied", "TIMED_OUT": "not approved in time",
+            "CANCELLED": "cancelled with the run"}.get(state, state.lower())  # fmt: skip
+    by = f" by {approval['decided_by']}" if approval.get("decided_by") else ""
+    note = f": {approval['note']}" if approval.get("note") else ""
+    return f"{head} {mark} {approval['call']} {verb}{by}{note}"
+
+
 class _Lines:
     """Step lines as a run goes on. On a terminal, the working step has one line that keeps
     its elapsed time current (rewritten in place); every step ends with one permanent line."""
@@ -137,46 +160,58 @@ class _Lines:
 
 
 def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Show the run as it goes, until it ends: each step, tool call, check round and approval
+    once. The run's event stream says when to look (`cli/watch.py`); the clock of the working
+    step ticks in between."""
     lines = _Lines()
     seen: dict[str, tuple[str, int]] = {}
-    shown_calls: set[str] = set()
+    shown: set[str] = set()
     since: dict[str, float] = {}  # when this CLI first saw each step working
     status = ""
     started = time.monotonic()
-    while True:
-        run = request(settings, "GET", f"/runs/{run_id}")
-        working = None
-        for agent, call in _tool_calls(run):
-            if call["call_id"] not in shown_calls:
-                shown_calls.add(call["call_id"])
-                lines.say(_call_line(agent, call))
-        for agent, round_ in _check_rounds(run):
-            if f"{agent}/checks/{round_['round']}" not in shown_calls:
-                shown_calls.add(f"{agent}/checks/{round_['round']}")
-                lines.say(_round_line(agent, round_))
-        for step in run["steps"]:
-            key = (step["status"], step["attempt"])
-            if step["status"] == "RUNNING":
-                working = step["agent"]
-                since.setdefault(step["agent"], time.monotonic())
-            if seen.get(step["agent"]) != key:
-                seen[step["agent"]] = key
-                if step["status"] != "RUNNING" or not lines.tty:
-                    lines.say(_step_line(step))
-        if run["status"] != status:
-            status = run["status"]
-            if status == "WAITING_FOR_BUDGET":
-                lines.say(
-                    f"  paused: {run.get('error')}\n  raise it with: crewline budget {run_id} <usd>"
-                )
-        if run["status"] in TERMINAL_STATUSES:
-            elapsed = time.monotonic() - started
-            lines.say(f"  run {run['status']} in {elapsed:.1f}s, spent {_spend(run)}")
-            return run  # type: ignore[no-any-return]
-        for _ in range(5):  # the timer ticks every 0.1 s between polls
-            if working is not None:
-                lines.working(working, time.monotonic() - since[working])
-            time.sleep(0.1)
+    watch = RunWatch(settings, run_id)
+    try:
+        while True:
+            run = request(settings, "GET", f"/runs/{run_id}")
+            working = None
+            for approval in run.get("approvals", []):
+                decision = f"approval/{approval['call_id']}/{approval['state']}"
+                if decision not in shown:
+                    shown.add(decision)
+                    lines.say(_approval_line(approval))
+            for agent, call in _tool_calls(run):
+                if call["call_id"] not in shown:
+                    shown.add(call["call_id"])
+                    lines.say(_call_line(agent, call))
+            for agent, round_ in _check_rounds(run):
+                if f"{agent}/checks/{round_['round']}" not in shown:
+                    shown.add(f"{agent}/checks/{round_['round']}")
+                    lines.say(_round_line(agent, round_))
+            for step in run["steps"]:
+                key = (step["status"], step["attempt"])
+                if step["status"] == "RUNNING":
+                    working = step["agent"]
+                    since.setdefault(step["agent"], time.monotonic())
+                if seen.get(step["agent"]) != key:
+                    seen[step["agent"]] = key
+                    if step["status"] not in ("RUNNING", "WAITING_FOR_APPROVAL") or not lines.tty:
+                        lines.say(_step_line(step))
+            if run["status"] != status:
+                status = run["status"]
+                if status == "WAITING_FOR_BUDGET":
+                    lines.say(
+                        f"  paused: {run.get('error')}\n"
+                        f"  raise it with: crewline budget {run_id} <usd>"
+                    )
+            if run["status"] in TERMINAL_STATUSES:
+                elapsed = time.monotonic() - started
+                lines.say(f"  run {run['status']} in {elapsed:.1f}s, spent {_spend(run)}")
+                return run  # type: ignore[no-any-return]
+            while not watch.changed(wait=0.1):  # the clock ticks every 0.1 s between looks
+                if working is not None:
+                    lines.working(working, time.monotonic() - since[working])
+    finally:
+        watch.close()
 
 
 def _checks_line(run: dict[str, Any]) -> str | None:
@@ -233,10 +268,20 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Record what tools would do (no files, no writes)")
     ] = False,
+    approve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--approve",
+            metavar="TOOL",
+            help="Ask a person before each call of this tool (repeatable): crewline approve",
+        ),
+    ] = None,
 ) -> None:
     """Start a run and follow it step by step."""
     settings = Settings()
     body: dict[str, Any] = {"query": query, "dry_run": dry_run}
+    if approve:
+        body["approve"] = approve
     if budget is not None:
         body["budget_usd"] = budget
     accepted = request(settings, "POST", "/runs", json=body)
@@ -272,6 +317,9 @@ def status(run_id: str) -> None:
                 typer.echo(_round_line(step["agent"], round_))
         if step.get("stop_reason"):
             typer.echo(f"    {step['agent']:<10} ■ {step['stop_reason']}")
+        for approval in found.get("approvals", []):
+            if approval["agent"] == step["agent"]:
+                typer.echo(_approval_line(approval))
     if found["status"] in TERMINAL_STATUSES:
         exit_hard(_print_outcome(settings, found))
     exit_hard(0)
@@ -332,6 +380,46 @@ def cancel(run_id: str) -> None:
     settings = Settings()
     request(settings, "POST", f"/runs/{run_id}/cancel")
     typer.echo(f"cancel requested for {run_id}")
+    exit_hard(0)
+
+
+def approve(
+    run_id: str,
+    call_id: Annotated[
+        str | None,
+        typer.Argument(
+            help="The waiting call (`crewline status RUN_ID` shows it); optional "
+            "when the run has one waiting call"
+        ),
+    ] = None,
+    deny: Annotated[bool, typer.Option("--deny", help="Refuse the call")] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (a denial's reason goes to the agent)")
+    ] = None,
+) -> None:
+    """Approve (or --deny) a tool call that waits for a person; the run goes on."""
+    settings = Settings()
+    waiting = request(settings, "GET", f"/runs/{run_id}/approvals")
+    if call_id is None:
+        if not waiting:
+            fail(f"run {run_id} has no tool call waiting for approval")
+        if len(waiting) > 1:
+            listed = "\n".join(_approval_line(a) for a in waiting)
+            fail(f"run {run_id} has {len(waiting)} calls waiting; name one:\n{listed}")
+        call_id = waiting[0]["call_id"]
+    body: dict[str, Any] = {"decision": "deny" if deny else "approve"}
+    if reason:
+        body["reason"] = reason
+    sent = request(settings, "POST", f"/runs/{run_id}/approvals/{call_id}", json=body)
+    call = next((a["call"] for a in waiting if a["call_id"] == call_id), call_id)
+    verb = "denied" if deny else "approved"
+    if sent["applied"]:
+        typer.echo(f"{verb} {call} ({run_id}, call {call_id}); the run goes on")
+    else:
+        typer.echo(
+            f"{verb} {call} ({run_id}, call {call_id}); the run records it when a worker "
+            "picks it up (none has yet)"
+        )
     exit_hard(0)
 
 
