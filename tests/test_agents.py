@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 
 from activities.tools.search import SearchHit
 from crewline.settings import ModelPrice, Settings
+from records.events import events_after
 from records.ledger import calls_of
 from records.runs import artifacts_of, steps_of, turns_of
 from tests.conftest import assert_eventually, start_pipeline
@@ -259,3 +260,21 @@ async def test_a_worker_killed_between_turns_and_after_a_tool_call_repeats_nothi
     assert sorted(c.cut_off_by or "" for c in coder) == ["", "", "", "worker_lost", "worker_lost"]
     others = [c for c in calls_of(engine, run_id) if c.agent != "coder"]
     assert len(others) == 4 and all(c.attempt == 1 for c in others)
+    # A watcher of the run saw each turn, write and step change once, numbered without gaps,
+    # though two attempts died and Temporal ran them again.
+    stored = events_after(engine, run_id, 0)
+    assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+    coder_events = [
+        (e.kind, data.get("turn"), data.get("call") or data.get("status"))
+        for e in stored if (data := json.loads(e.data_json)).get("agent") == "coder"
+    ]  # fmt: skip
+    assert coder_events == [
+        ("step", None, "RUNNING"),
+        ("turn", 1, None),
+        ("tool", 1, "write_file 'a.py'"),
+        ("turn", 2, None),
+        ("tool", 2, "write_file 'b.py'"),
+        ("turn", 3, None),
+        ("checks", None, "not run"),
+        ("step", None, "COMPLETED"),
+    ], coder_events

@@ -206,6 +206,14 @@ async def test_approved_from_another_api_process_after_the_worker_died_runs_once
     # The coder's turns: the one that asked, the one after the write; each billed once.
     coder = [c for c in calls_of(engine, run_id) if c.agent == "coder"]
     assert len(coder) == 2 == fake_groq.count("coder")
+    # A watcher saw each of those once too, though a worker died and Temporal ran work again:
+    # events are numbered without gaps, one per fact.
+    stored = events_after(engine, run_id, 0)
+    assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+    seen = [(e.kind, json.loads(e.data_json)) for e in stored]
+    assert len([d for k, d in seen if k == "turn" and d["agent"] == "coder"]) == 2
+    assert [d["call"] for k, d in seen if k == "tool"] == ["write_file 'game/main.py'"]
+    assert [d["state"] for k, d in seen if k == "approval"] == ["asked", "APPROVED"]
 
 
 async def test_a_cancelled_run_cancels_its_waiting_call(
