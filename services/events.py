@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from fastapi.sse import ServerSentEvent
 from sqlalchemy.exc import DBAPIError
 
 from records import events as records
@@ -28,7 +29,7 @@ from records.statuses import TERMINAL
 from records.tables import RunEvent
 from services import Context
 from services.access import Principal, require
-from services.errors import NotFound
+from services.errors import NotFound, invalid
 
 log = structlog.get_logger("crewline.events")
 POLL_S = 0.25  # how often the hub looks for new events while anyone watches
@@ -50,6 +51,22 @@ class Event:
     @property
     def final(self) -> bool:
         return self.kind == records.RUN and self.data.get("status") in TERMINAL
+
+
+def resume_after(after: int | None, last_event_id: str | None) -> int:
+    """Where a stream starts: after the event a reconnecting client names (`Last-Event-ID`, what
+    EventSource sends by itself) or after `?after=`, whichever is later; 0 is the beginning."""
+    start = after or 0
+    named = (last_event_id or "").strip()
+    if named:
+        if not named.isascii() or not named.isdigit():
+            raise invalid(
+                ("header", "last-event-id"),
+                "must be an event number (the `id:` of an event)",
+                named[:20],
+            )
+        start = max(start, int(named))
+    return start
 
 
 class EventHub:
@@ -132,6 +149,13 @@ class Events:
 class Subscription:
     def __init__(self, events: Events, run_id: str, after: int) -> None:
         self._events, self.run_id, self.after = events, run_id, after
+
+    async def sse(self) -> AsyncIterator[ServerSentEvent]:
+        """The events as Server-Sent Events: `id` the event's number, `event` its kind."""
+        async for event in self.events():
+            yield ServerSentEvent(
+                id=None if event.seq is None else str(event.seq), event=event.kind, data=event.data
+            )
 
     async def events(self, *, follow: bool = True) -> AsyncIterator[Event]:
         """The run's events after `after`, in order, each once; with `follow`, then each new one

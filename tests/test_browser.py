@@ -202,6 +202,42 @@ async def test_a_run_completes_live_and_its_artifact_opens(signed_in: Watched) -
     await signed_in.shot("artifact")
 
 
+async def test_a_call_waits_on_the_page_and_a_click_approves_it(
+    signed_in: Watched, stack: Stack
+) -> None:
+    """A run started with approvals for `write_file`: its page shows each waiting call with the
+    agent's reason, live (the event stream, not polling: while the run waits, the page asks
+    nothing), and Approve / Deny buttons; a denial's reason reaches the agent."""
+    page = signed_in.page
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    run_id = stack.api("POST", "/runs", json={"query": "Build a snake game",
+                                              "approve": ["write_file"]})["run_id"]  # fmt: skip
+    await page.goto(f"/ui/runs/{run_id}")
+    approvals = page.locator(".approvals .approval")
+    await approvals.first.wait_for(timeout=60_000)
+    await page.locator(".status-line .status-waiting_for_approval").wait_for()
+    assert await approvals.count() == 1  # the Coder's first call; its second asks after it
+    assert "wants to run write_file 'main.py'" in await approvals.first.inner_text()
+    assert any(u.endswith(f"/ui/runs/{run_id}/events") for u in asked)
+    await signed_in.shot("run-waiting-for-approval")
+    before = len([u for u in asked if u.endswith("/live")])
+    await asyncio.sleep(3)  # nothing happens while the run waits: the page asks nothing
+    assert len([u for u in asked if u.endswith("/live")]) == before
+    await approvals.first.get_by_role("button", name="Approve").click()
+    await page.wait_for_url(f"**/ui/runs/{run_id}")
+    await page.get_by_text("wants to run write_file 'README.md'").wait_for(timeout=30_000)
+    await page.locator(".approval").get_by_label("Reason").fill("no README today")
+    await page.locator(".approval").get_by_role("button", name="Deny").click()
+    await page.wait_for_url(f"**/ui/runs/{run_id}")
+    await page.locator(".status-line .status-completed").wait_for(timeout=60_000)
+    tags = await page.locator(".calls .tag").all_inner_texts()
+    assert any(t.startswith("approved by") for t in tags), tags
+    assert any(t.startswith("denied by") and t.endswith(": no README today") for t in tags)
+    run = stack.api("GET", f"/runs/{run_id}")
+    assert [a["path"] for a in run["artifacts"]] == ["main.py"]
+
+
 async def test_cancel_asks_first_then_stops_the_run(signed_in: Watched, stack: Stack) -> None:
     page = signed_in.page
     run_id = await start_run(page, "Write a long report on rivers")

@@ -73,6 +73,7 @@ async def test_every_page_needs_a_session(ui: httpx.AsyncClient, settings: Setti
         "path": "a.py",
         "intent_id": "1",
         "version_id": "snap-0123456789ab",
+        "call_id": "call_1_0",
     }
     for method, path in routes:
         if (method, path) in open_ones:
@@ -133,6 +134,7 @@ async def test_every_page_enforces_the_scope_of_the_route_it_mirrors(
         "path": "a.py",
         "intent_id": "1",
         "version_id": "snap-0123456789ab",
+        "call_id": "call_1_0",
     }
     keys_by_scope = {Scope.ADMIN: ADMIN_KEY}
     for scope in (Scope.READ, Scope.RUN):

@@ -24,8 +24,7 @@ from api.security import (
 )
 from records.statuses import RunStatus
 from services import ServicesDep
-from services.errors import invalid
-from services.events import Subscription
+from services.events import Subscription, resume_after
 from services.models import (
     MAX_OFFSET,
     ApprovalIn,
@@ -184,16 +183,7 @@ async def _subscription(
         int | None, Query(ge=0, le=10**12, description="events numbered above this")
     ] = None,
 ) -> Subscription:
-    start = after or 0
-    if last_event_id is not None and last_event_id.strip():
-        if not last_event_id.strip().isascii() or not last_event_id.strip().isdigit():
-            raise invalid(
-                ("header", "last-event-id"),
-                "must be an event number (the `id:` of an event)",
-                last_event_id[:20],
-            )
-        start = max(start, int(last_event_id.strip()))
-    return await services.events.open(key, run_id, start)
+    return await services.events.open(key, run_id, resume_after(after, last_event_id))
 
 
 @router.get(
@@ -210,7 +200,5 @@ async def run_events(
 ) -> AsyncIterator[ServerSentEvent]:
     """Follow a run: what happened so far (after `Last-Event-ID` on a reconnect), then each new
     event as it happens, until the run ends. Idle streams get a comment every 15 s."""
-    async for event in sub.events():
-        yield ServerSentEvent(
-            id=None if event.seq is None else str(event.seq), event=event.kind, data=event.data
-        )
+    async for event in sub.sse():
+        yield event

@@ -21,6 +21,8 @@ PAGES: dict[tuple[str, str], str | None] = {
     ("POST", "/ui/runs"): "runs.start",
     ("GET", "/ui/runs/{run_id}"): "runs.read",
     ("GET", "/ui/runs/{run_id}/live"): "runs.read",
+    ("GET", "/ui/runs/{run_id}/events"): "runs.read",
+    ("POST", "/ui/runs/{run_id}/approvals/{call_id}"): "runs.approve",
     ("POST", "/ui/runs/{run_id}/cancel"): "runs.cancel",
     ("POST", "/ui/runs/{run_id}/budget"): "runs.budget",
     ("GET", "/ui/runs/{run_id}/files/{path:path}"): "runs.read",

@@ -1,23 +1,28 @@
 """Runs: the live list (filters, paging, start a run) and a run's page (the five steps as a live
-timeline, outputs, artifacts, intents, costs; cancel and raise the budget).
+timeline, outputs, artifacts, intents, costs; cancel, raise the budget, approve or deny a tool
+call that waits for a person).
 
 Pages call the same services as the API with the viewer's principal, so a page shows and does
-exactly what the same key could through the API — the services check the scope. Live parts are
-fragments the page polls with htmx while the run is unfinished; a finished run's fragment no
-longer asks to be polled, so the page stops updating by itself.
+exactly what the same key could through the API — the services check the scope. A run's page
+follows the run's event stream (`/ui/runs/{id}/events`, the API's stream with the session's key;
+`static/live.js`) and reloads its live fragment when something happened; a browser without
+EventSource polls the fragment every second instead. A finished run's fragment no longer asks
+for updates, so the page stops by itself. The list of runs polls its rows.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Form, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 
 from dashboard import render
@@ -26,7 +31,8 @@ from dashboard.sessions import Viewer, check_csrf, viewer
 from dashboard.web import confirm, go, page, refusal
 from records.statuses import AGENTS, TERMINAL, RunStatus
 from services import Services, ServicesDep
-from services.models import BudgetRaiseIn, RunCreate
+from services.events import Subscription, resume_after
+from services.models import ApprovalIn, BudgetRaiseIn, RunCreate
 from services.runs import RunQuery
 
 router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(page_scope)])
@@ -162,6 +168,39 @@ async def run_live(
 ) -> HTMLResponse:
     """The part of the run page that changes while it runs (polled until it ends)."""
     return await page(request, "_run_live.html", v, **await _detail(services, v, run_id))
+
+
+async def _subscription(
+    run_id: str, v: ViewerDep, services: ServicesDep,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> Subscription:  # fmt: skip
+    # Opened before the stream starts, so a run one may not see is a 404 page, not a stream.
+    return await services.events.open(v.principal, run_id, resume_after(None, last_event_id))
+
+
+@router.get("/runs/{run_id}/events", response_class=EventSourceResponse)
+async def run_events(
+    sub: Annotated[Subscription, Depends(_subscription)],
+) -> AsyncIterator[ServerSentEvent]:
+    """The run's events, for the page's EventSource (a reconnect resumes after Last-Event-ID)."""
+    async for event in sub.sse():
+        yield event
+
+
+@router.post("/runs/{run_id}/approvals/{call_id}")
+async def decide_approval(
+    request: Request, run_id: str, call_id: str, v: ViewerDep, services: ServicesDep,
+    decision: Annotated[str, Form(max_length=10)] = "",
+    reason: Annotated[str, Form(max_length=1000)] = "",
+    csrf: Annotated[str | None, Form()] = None,
+) -> Response:  # fmt: skip
+    check_csrf(v, csrf)
+    try:
+        body = ApprovalIn(decision=decision, reason=reason.strip() or None)  # type: ignore[arg-type]
+    except ValidationError:
+        raise HTTPException(422, "the decision must be approve or deny") from None
+    await services.approvals.decide(v.principal, run_id, call_id, body)
+    return go(request, f"/ui/runs/{run_id}")
 
 
 @router.post("/runs/{run_id}/cancel")
