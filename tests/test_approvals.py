@@ -81,6 +81,9 @@ async def test_a_call_waits_for_approval_and_runs_once_approved(
         assert artifacts_of(engine, run_id) == []
         progress = await handle.query(AgentPipelineWorkflow.progress)
         assert [p.call_id for p in progress.approvals] == [call_id]
+        metrics = (await api.get("/metrics")).text
+        assert 'crewline_approvals_waiting{tool="write_file"} 1.0' in metrics
+        assert 'crewline_runs{shadow="false",status="WAITING_FOR_APPROVAL"} 1.0' in metrics
         # A read key may look but not decide.
         read_key = (await api.post("/keys", json={"name": "watcher", "scope": "read"})).json()
         refused = await api.post(
@@ -114,6 +117,9 @@ async def test_a_call_waits_for_approval_and_runs_once_approved(
     assert ("approval", "asked") in kinds and ("approval", "APPROVED") in kinds
     final = (await api.get(f"/runs/{run_id}")).json()
     assert final["status"] == "COMPLETED" and final["approvals"][0]["state"] == "APPROVED"
+    metrics = (await api.get("/metrics")).text
+    assert "crewline_approvals_waiting{" not in metrics
+    assert "crewline_approval_oldest_wait_seconds 0.0" in metrics
 
 
 async def test_a_denied_call_goes_back_to_the_model_with_the_reason(

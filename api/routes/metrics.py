@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -21,7 +22,8 @@ from sqlmodel import Session, col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crewline.metrics import Metrics
-from records.tables import Run
+from records.statuses import Approval
+from records.tables import Run, ToolCall
 
 router = APIRouter(tags=["health"])
 
@@ -39,7 +41,9 @@ async def metrics(request: Request) -> Response:
 
 class RunsByStatus(Collector):
     """`crewline_runs{status}`: runs in the app database by status, at scrape time (shadow runs
-    apart, `shadow="true"`)."""
+    apart, `shadow="true"`); `crewline_approvals_waiting{tool}` and
+    `crewline_approval_oldest_wait_seconds`: tool calls waiting for a person now, and how long
+    the oldest has waited (alert on it: a forgotten approval holds its run)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -53,9 +57,29 @@ class RunsByStatus(Collector):
             rows = session.exec(
                 select(Run.status, shadow, func.count()).group_by(Run.status, shadow)  # type: ignore[call-overload]
             ).all()
+            waiting = session.exec(
+                select(ToolCall.name, func.count(), func.min(ToolCall.approval_asked_at))  # type: ignore[call-overload]
+                .where(col(ToolCall.approval) == Approval.PENDING.value)
+                .group_by(ToolCall.name)
+            ).all()
         for status, is_shadow, count in rows:
             family.add_metric([status, "true" if is_shadow else "false"], float(count))
         yield family
+        calls = GaugeMetricFamily(
+            "crewline_approvals_waiting", "Tool calls waiting for a person's decision now",
+            labels=["tool"],
+        )  # fmt: skip
+        oldest: datetime | None = None
+        for tool, count, asked in waiting:
+            calls.add_metric([tool], float(count))
+            asked = asked.replace(tzinfo=UTC) if asked and asked.tzinfo is None else asked
+            oldest = asked if oldest is None or (asked and asked < oldest) else oldest
+        yield calls
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+        yield GaugeMetricFamily(
+            "crewline_approval_oldest_wait_seconds",
+            "How long the oldest waiting tool call has waited (0: none waits)", value=age,
+        )  # fmt: skip
 
 
 # A label value per method HTTP defines; anything else a client sends is counted as "other" (a
