@@ -55,4 +55,5 @@ bench: setup  ## benchmarks (~15 min): crewline vs the floor and the peers, then
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.systems --rounds 5 --scaling --burst 1000
 	$(BIN)/python -m bench.systems --rounds 5 --tools 3 --out bench/results/systems-tools.json
+	$(BIN)/python -m bench.sse
 	$(BIN)/python -m bench

@@ -102,14 +102,20 @@ def _round_line(agent: str, r: dict[str, Any]) -> str:
     )
 
 
-def _tool_calls(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Every finished tool call of the run, in order: (agent, call)."""
+REFUSED = ("DENIED", "TIMED_OUT", "CANCELLED")
+
+
+def _calls_as_they_went(
+    run: dict[str, Any],
+) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """Every tool call of the run in order, finished or not, with its approval if it needed
+    one: (agent, call, approval)."""
+    approvals = {a["call_id"]: a for a in run.get("approvals", [])}
     return [
-        (step["agent"], call)
+        (step["agent"], call, approvals.get(call["call_id"]))
         for step in run["steps"]
         for turn in step.get("turns", [])
         for call in turn.get("tool_calls", [])
-        if call.get("status") == "COMPLETED"
     ]
 
 
@@ -174,13 +180,15 @@ def _follow(settings: Settings, run_id: str) -> dict[str, Any]:
         while True:
             run = request(settings, "GET", f"/runs/{run_id}")
             working = None
-            for approval in run.get("approvals", []):
-                decision = f"approval/{approval['call_id']}/{approval['state']}"
-                if decision not in shown:
-                    shown.add(decision)
-                    lines.say(_approval_line(approval))
-            for agent, call in _tool_calls(run):
-                if call["call_id"] not in shown:
+            for agent, call, approval in _calls_as_they_went(run):
+                if approval is not None:
+                    decision = f"approval/{approval['call_id']}/{approval['state']}"
+                    if decision not in shown:
+                        shown.add(decision)
+                        lines.say(_approval_line(approval))
+                    if approval["state"] in REFUSED:
+                        continue  # its result is the refusal just shown
+                if call.get("status") == "COMPLETED" and call["call_id"] not in shown:
                     shown.add(call["call_id"])
                     lines.say(_call_line(agent, call))
             for agent, round_ in _check_rounds(run):
@@ -309,17 +317,18 @@ def status(run_id: str) -> None:
         typer.echo(f"  {_trace(found)}")
     for step in found["steps"]:
         typer.echo(_step_line(step))
-        for turn in step.get("turns", []):
-            for call in turn.get("tool_calls", []):
-                typer.echo(_call_line(step["agent"], call))
+        for agent, call, approval in _calls_as_they_went(found):
+            if agent != step["agent"]:
+                continue
+            if approval is not None:
+                typer.echo(_approval_line(approval))
+            if approval is None or approval["state"] not in (*REFUSED, "PENDING"):
+                typer.echo(_call_line(agent, call))
         if isinstance(step.get("checks"), dict):
             for round_ in step["checks"].get("rounds", []):
                 typer.echo(_round_line(step["agent"], round_))
         if step.get("stop_reason"):
             typer.echo(f"    {step['agent']:<10} ■ {step['stop_reason']}")
-        for approval in found.get("approvals", []):
-            if approval["agent"] == step["agent"]:
-                typer.echo(_approval_line(approval))
     if found["status"] in TERMINAL_STATUSES:
         exit_hard(_print_outcome(settings, found))
     exit_hard(0)

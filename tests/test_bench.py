@@ -31,3 +31,17 @@ def test_bench_quick_writes_results(tmp_path: Path) -> None:
     assert data["asyncio"] and data["sqlite"]
     assert data["temporal"][0]["throughput"]["20"] > 0 and "crewline/temporal" in result.stdout
     assert any("workflow task" in k for k in crew["history_breakdown"])
+
+
+def test_sse_bench_runs_on_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "sse.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.sse", "--subscribers", "10", "--runs", "2", "--samples",
+         "1", "--window", "0.2", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "10 idle event streams over 2 waiting runs" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["loaded"]["streams_reported"] == 10  # the API held every stream
+    assert data["loaded"]["fanout_reached"] == "5/5"  # the approval reached each of its run's
