@@ -176,6 +176,11 @@ class ChecksInput(Compact):
     rounds: int  # how many the agent may have
     turn: int  # the turn whose answer is checked (a failure's feedback goes after it)
     dry_run: bool = False
+    # Close the step here when this round ends the loop (passed, not run, no round left, or
+    # `last_turn`), instead of a bookkeeping activity after it; `run_status` as FinishInput's.
+    close: bool = False
+    last_turn: bool = False
+    run_status: str | None = None
 
 
 class ChecksResult(Compact):
@@ -183,6 +188,8 @@ class ChecksResult(Compact):
     passed: int = 0
     total: int = 0
     retry: bool = False  # failed, with a round left: the agent was told why, it goes on
+    closed: bool = False  # the step was closed (ChecksInput.close): `output` is its output
+    output: str = ""
 
 
 class FinishInput(Compact):
@@ -343,7 +350,7 @@ class AgentActivities:
             # Its answer is recorded (the result never reached Temporal, or a retry after the
             # settle): it is the checkpoint — return it, never call the model again.
             return await self._from_record(inp, *recorded)
-        messages = await self._conversation(inp, agent, history, state.context)
+        messages = self._conversation(inp, agent, history, state)
         ask = ModelCall(
             model=agent.model or model_for(self._settings, inp.agent),
             messages=messages,
@@ -364,8 +371,7 @@ class AgentActivities:
         decided: list[answers.Decision] = []
         suffix = ""
         if agent.output == Output.ANSWER:  # say what was verified, from the record
-            record = await self._write(store.checks_of, inp.run_id, "coder")
-            suffix = checks.footer(record, inp.dry_run)
+            suffix = checks.footer(state.checks, inp.dry_run)
 
         attempt = activity.info().attempt  # the settle runs in a database thread
 
@@ -456,18 +462,17 @@ class AgentActivities:
 
         return RunRow(at_reserve=at_reserve)
 
-    async def _conversation(
+    def _conversation(
         self,
         inp: TurnInput,
         agent: AgentSpec,
         history: list[tuple[Turn, list[ToolCall]]],
-        context: dict[str, str],
+        state: store.TurnState,
     ) -> list[dict[str, Any]]:
         """The agent's instructions and task, then its turns so far with their tool results."""
+        context = state.context
         if agent.output == Output.ANSWER:
-            context["checks"] = checks.describe(
-                await self._write(store.checks_of, inp.run_id, "coder")
-            )
+            context["checks"] = checks.describe(state.checks)
         prompt = render(
             agent.prompt, query=inp.query, research=context.get("researcher", ""),
             plan=context.get("planner", ""), architecture=context.get("executor", ""),
@@ -671,25 +676,32 @@ class AgentActivities:
         """One round of the Executor's acceptance checks on the agent's files, in the sandbox.
         A round already recorded is not run again; a failed round with rounds left tells the
         agent what failed (feedback after its turn)."""
-        record = await self._write(store.checks_of, inp.run_id, inp.agent) or {"rounds": []}
+        found = await self._write(store.checks_of_steps, inp.run_id, (inp.agent, "executor"))
+        record = found.get(inp.agent) or {"rounds": []}
         done = next((r for r in record.get("rounds", []) if r["round"] == inp.round), None)
         if done is None:
-            record = await self._check_round(inp, record)
+            record = await self._check_round(inp, record, found.get("executor"))
             done = next((r for r in record["rounds"] if r["round"] == inp.round), None)
         if done is None:  # not run, and why
-            return ChecksResult(status=checks.NOT_RUN)
-        passed = sum(1 for r in done["results"] if r["passed"])
-        total = len(done["results"])
-        retry = passed < total and inp.round < inp.rounds
-        if retry:
-            text = checks.feedback(done["results"], inp.round, inp.rounds)
-            await self._write(store.add_feedback, inp.run_id, inp.agent, inp.turn, text)
-        return ChecksResult(
-            status=checks.status_of(record), passed=passed, total=total, retry=retry
-        )
+            result = ChecksResult(status=checks.NOT_RUN)
+        else:
+            passed = sum(1 for r in done["results"] if r["passed"])
+            total = len(done["results"])
+            retry = passed < total and inp.round < inp.rounds
+            if retry:
+                text = checks.feedback(done["results"], inp.round, inp.rounds)
+                await self._write(store.add_feedback, inp.run_id, inp.agent, inp.turn, text)
+            result = ChecksResult(
+                status=checks.status_of(record), passed=passed, total=total, retry=retry
+            )
+        if inp.close and (not result.retry or inp.last_turn):
+            result.output = await self._close(inp.run_id, inp.agent, None, inp.run_status)
+            result.closed = True
+        return result
 
-    async def _check_round(self, inp: ChecksInput, record: dict[str, Any]) -> dict[str, Any]:
-        commands = await self._write(store.checks_of, inp.run_id, "executor")
+    async def _check_round(
+        self, inp: ChecksInput, record: dict[str, Any], commands: Any
+    ) -> dict[str, Any]:
         available = self._sandbox.check()
         why = None
         if not commands:
@@ -719,14 +731,21 @@ class AgentActivities:
         """Close a step the loop ended itself: after writing the files of a text answer, or
         stopped (max turns, a repeated tool call). Its output is the agent's last answer and
         what it did; why it stopped is said in the step."""
+        return FinishResult(
+            output=await self._close(inp.run_id, inp.agent, inp.stop_reason, inp.run_status)
+        )
+
+    async def _close(
+        self, run_id: str, agent: str, stop_reason: str | None, run_status: str | None
+    ) -> str:
+        """The step COMPLETED (the run too, with `run_status`); its output, as previewed."""
         output = await self._write(
-            store.finish_step, inp.run_id, inp.agent, stop_reason=inp.stop_reason,
-            run_completed=inp.run_status == "COMPLETED",
+            store.finish_step, run_id, agent, stop_reason=stop_reason,
+            run_completed=run_status == "COMPLETED",
         )  # fmt: skip
-        if inp.run_status is not None:
-            self._metrics.run_status(inp.run_status, self._version)
-        whole = inp.agent == AGENTS[-1]
-        return FinishResult(output=_bounded(output, MAX_RESULT_CHARS if whole else PREVIEW_CHARS))
+        if run_status is not None:
+            self._metrics.run_status(run_status, self._version)
+        return _bounded(output, MAX_RESULT_CHARS if agent == AGENTS[-1] else PREVIEW_CHARS)
 
     # ---- run bookkeeping ----------------------------------------------------------------------
     @activity.defn(name="record_run")

@@ -273,10 +273,22 @@ def report(rounds: list[dict[str, dict[str, float]]], systems: list[str]) -> str
             "step_ms_p50", "runs_per_s", "worker_cpu_ms_per_run", "history_bytes",
             "history_json_bytes",
         )  # fmt: skip
-        lines.append("ratios to the floor (per-step, runs/s, worker CPU, history, JSON):")
+        lines.append(
+            "ratios to the floor (per-step, runs/s, worker CPU, history, JSON; then per-step "
+            "paired within each round, median and range):"
+        )
         for system in systems:
             if system != "floor":
                 ratios = "".join(f"{med(system, k) / med('floor', k):8.2f}x" for k in keys)
+                # Rounds drift (the server's store grows): a round's systems share its drift.
+                paired = sorted(
+                    r[system]["step_ms_p50"] / r["floor"]["step_ms_p50"]
+                    for r in rounds if system in r and "floor" in r
+                )  # fmt: skip
+                ratios += (
+                    f"   paired {statistics.median(paired):.2f}x "
+                    f"({paired[0]:.2f}-{paired[-1]:.2f})"
+                )
                 lines.append(f"  {system:<14}{ratios}")
     return "\n".join(lines)
 

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, func, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlalchemy.orm import configure_mappers
+from sqlmodel import Session, SQLModel, col, select
 
 from crewline.db import insert_for, session_scope, utcnow
 from records import events
 from records.tables import Artifact, BreakerRow, Intent, Run, Step, ToolCall, Turn
+
+M = TypeVar("M", bound=SQLModel)
 
 
 def upsert_step(engine: Engine, run_id: str, agent: str, **fields: Any) -> None:
@@ -100,6 +105,9 @@ _OUTPUTS = select(col(Step.agent), col(Step.output)).where(
     col(Step.run_id) == bindparam("p_run_id"), col(Step.status) == "COMPLETED"
 )
 _ARTIFACTS = select(col(Artifact.path)).where(col(Artifact.run_id) == bindparam("p_run_id"))
+_CODER_CHECKS = select(col(Step.checks_json)).where(
+    col(Step.run_id) == bindparam("p_run_id"), col(Step.agent) == "coder"
+)
 
 
 def _context_in(conn: Connection, run_id: str, artifacts: bool) -> dict[str, str]:
@@ -373,50 +381,39 @@ def turn_settled_in(conn: Connection, record: TurnRecord) -> None:
 _CALLS_OF = (col(ToolCall.run_id) == bindparam("p_run_id")) & (
     col(ToolCall.agent) == bindparam("p_agent")
 )
-_THIS_TURN = select(Turn).where(
-    col(Turn.run_id) == bindparam("p_run_id"), col(Turn.agent) == bindparam("p_agent"),
-    col(Turn.turn) == bindparam("p_turn"),
+_TURNS = Turn.__table__  # type: ignore[attr-defined]
+_CALLS = ToolCall.__table__  # type: ignore[attr-defined]
+# Built once, executed with parameters: a turn reads these before every model call (its own
+# record and the turns before it in one query, their tool calls in another), a tool call reads
+# its record before it runs. Read as rows, not through an ORM session (`_models`): measured
+# with `bench.systems --tools 3`, the session was half of a turn's read and most of a claim.
+_TURNS_UPTO = (
+    sa_select(_TURNS)
+    .where(_TURNS.c.run_id == bindparam("p_run_id"), _TURNS.c.agent == bindparam("p_agent"),
+           _TURNS.c.turn <= bindparam("p_turn"))
+    .order_by(_TURNS.c.turn)
 )  # fmt: skip
-_TURN_CALLS = (
-    select(ToolCall)
-    .where(_CALLS_OF, col(ToolCall.turn) == bindparam("p_turn"))
-    .order_by(col(ToolCall.seq))
+_CALLS_UPTO = (
+    sa_select(_CALLS)
+    .where(_CALLS.c.run_id == bindparam("p_run_id"), _CALLS.c.agent == bindparam("p_agent"),
+           _CALLS.c.turn <= bindparam("p_turn"))
+    .order_by(_CALLS.c.turn, _CALLS.c.seq)
 )  # fmt: skip
-_TURNS_BEFORE = (
-    select(Turn)
-    .where(col(Turn.run_id) == bindparam("p_run_id"), col(Turn.agent) == bindparam("p_agent"),
-           col(Turn.turn) < bindparam("p_turn"), col(Turn.status) == "COMPLETED")
-    .order_by(col(Turn.turn))
+_THE_CALL = sa_select(_CALLS).where(
+    _CALLS.c.run_id == bindparam("p_run_id"), _CALLS.c.agent == bindparam("p_agent"),
+    _CALLS.c.call_id == bindparam("p_call_id"),
 )  # fmt: skip
-_CALLS_BEFORE = (
-    select(ToolCall)
-    .where(_CALLS_OF, col(ToolCall.turn) < bindparam("p_turn"))
-    .order_by(col(ToolCall.turn), col(ToolCall.seq))
-)  # fmt: skip
-_THE_CALL = select(ToolCall).where(_CALLS_OF, col(ToolCall.call_id) == bindparam("p_call_id"))
 
 
-def _turn_in(
-    session: Session, run_id: str, agent: str, turn: int
-) -> tuple[Turn, list[ToolCall]] | None:
-    params = {"p_run_id": run_id, "p_agent": agent, "p_turn": turn}
-    row = session.exec(_THIS_TURN, params=params).first()
-    if row is None:
-        return None
-    return row, list(session.exec(_TURN_CALLS, params=params).all())
+def _models(conn: Connection, statement: Any, params: dict[str, Any], model: type[M]) -> list[M]:
+    """Rows as read-only snapshots of their model: every column set, no ORM state (they belong
+    to no session; assigning to one raises)."""
+    return _models_of(conn.execute(statement, params).mappings(), model)
 
 
-def _transcript_in(
-    session: Session, run_id: str, agent: str, before: int
-) -> list[tuple[Turn, list[ToolCall]]]:
-    params = {"p_run_id": run_id, "p_agent": agent, "p_turn": before}
-    turns = session.exec(_TURNS_BEFORE, params=params).all()
-    if not turns:
-        return []
-    by_turn: dict[int, list[ToolCall]] = {}
-    for call in session.exec(_CALLS_BEFORE, params=params).all():
-        by_turn.setdefault(call.turn, []).append(call)
-    return [(t, by_turn.get(t.turn, [])) for t in turns]
+def _models_of(rows: Iterable[Mapping[Any, Any]], model: type[M]) -> list[M]:
+    configure_mappers()  # a no-op once done; column reads need the mapped attributes
+    return [model.model_construct(**row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -427,17 +424,31 @@ class TurnState:
     recorded: tuple[Turn, list[ToolCall]] | None
     history: list[tuple[Turn, list[ToolCall]]]
     context: dict[str, str]
+    checks: Any = None  # with `artifacts`: the Coder's checks record (what `checks_of` reads)
 
 
 def turn_state(
     engine: Engine, run_id: str, agent: str, turn: int, *, artifacts: bool = False
 ) -> TurnState:
-    with Session(engine) as session:
-        recorded = _turn_in(session, run_id, agent, turn)
-        if recorded is not None and recorded[0].status == "COMPLETED":
+    params = {"p_run_id": run_id, "p_agent": agent, "p_turn": turn}
+    with engine.connect() as conn:
+        turns = _models(conn, _TURNS_UPTO, params, Turn)
+        calls: dict[int, list[ToolCall]] = {}
+        if turns:
+            for call in _models(conn, _CALLS_UPTO, params, ToolCall):
+                calls.setdefault(call.turn, []).append(call)
+        this = turns[-1] if turns and turns[-1].turn == turn else None
+        recorded = None if this is None else (this, calls.get(turn, []))
+        if this is not None and this.status == "COMPLETED":
             return TurnState(recorded, [], {})
-        history = _transcript_in(session, run_id, agent, turn)
-        return TurnState(recorded, history, _context_in(session.connection(), run_id, artifacts))
+        history = [
+            (t, calls.get(t.turn, [])) for t in turns if t.turn < turn and t.status == "COMPLETED"
+        ]
+        checks = None
+        if artifacts:
+            found = conn.execute(_CODER_CHECKS, {"p_run_id": run_id}).scalar()
+            checks = json.loads(found) if found else None
+        return TurnState(recorded, history, _context_in(conn, run_id, artifacts), checks)
 
 
 @dataclass(frozen=True)
@@ -454,6 +465,21 @@ class CallResult:
     text_in_event: bool = False
 
 
+_CALL_DONE = (
+    update(ToolCall)
+    .where(_CALLS_OF, col(ToolCall.call_id) == bindparam("p_call_id"))
+    .values(status="COMPLETED", ok=bindparam("p_ok"), summary=bindparam("p_summary"),
+            result=bindparam("p_result"), intent=bindparam("p_intent"),
+            duration_ms=bindparam("p_duration_ms"), data_json=bindparam("p_data_json"),
+            finished_at=bindparam("p_now"))
+)  # fmt: skip
+_CALL_STARTED = (
+    update(ToolCall)
+    .where(_CALLS_OF, col(ToolCall.call_id) == bindparam("p_call_id"))
+    .values(started_at=bindparam("p_now"))
+)
+
+
 def tool_call_done(engine: Engine, run_id: str, agent: str, call_id: str, done: CallResult) -> None:
     """The call's result: the checkpoint its retries read (and its event)."""
     with engine.begin() as conn:
@@ -466,26 +492,29 @@ def tool_call_done(engine: Engine, run_id: str, agent: str, call_id: str, done: 
             data["text"] = done.result[:4000]
         events.emit_in(conn, run_id, f"tool:{agent}:{call_id}", events.TOOL, data)
         conn.execute(
-            update(ToolCall)
-            .where(col(ToolCall.run_id) == run_id, col(ToolCall.agent) == agent,
-                   col(ToolCall.call_id) == call_id)
-            .values(status="COMPLETED", ok=done.ok, summary=done.summary[:300],
-                    result=done.result, intent=done.intent, duration_ms=done.duration_ms,
-                    data_json=None if done.data is None else json.dumps(done.data, default=str),
-                    finished_at=utcnow())
+            _CALL_DONE,
+            {
+                "p_run_id": run_id, "p_agent": agent, "p_call_id": call_id, "p_ok": done.ok,
+                "p_summary": done.summary[:300], "p_result": done.result,
+                "p_intent": done.intent, "p_duration_ms": done.duration_ms,
+                "p_data_json": None if done.data is None else json.dumps(done.data, default=str),
+                "p_now": utcnow(),
+            },
         )  # fmt: skip
 
 
 def tool_call_claim(engine: Engine, run_id: str, agent: str, call_id: str) -> ToolCall | None:
     """The recorded call (None if there is none), marked started unless it already was."""
-    with Session(engine, expire_on_commit=False) as session:
-        params = {"p_run_id": run_id, "p_agent": agent, "p_call_id": call_id}
-        row = session.exec(_THE_CALL, params=params).first()
-        if row is not None and row.status != "COMPLETED" and row.started_at is None:
-            row.started_at = utcnow()
-            session.add(row)
-            session.commit()
-        return row
+    params = {"p_run_id": run_id, "p_agent": agent, "p_call_id": call_id}
+    with engine.begin() as conn:
+        found = conn.execute(_THE_CALL, params).mappings().first()
+        if found is None:
+            return None
+        row = dict(found)
+        if row["status"] != "COMPLETED" and row["started_at"] is None:
+            row["started_at"] = utcnow()
+            conn.execute(_CALL_STARTED, {**params, "p_now": row["started_at"]})
+        return _models_of([row], ToolCall)[0]
 
 
 def add_feedback(engine: Engine, run_id: str, agent: str, turn: int, text: str) -> None:
@@ -637,6 +666,17 @@ def checks_of(engine: Engine, run_id: str, agent: str) -> Any:
             select(Step.checks_json).where(Step.run_id == run_id, Step.agent == agent)
         ).first()
     return json.loads(row) if row else None
+
+
+def checks_of_steps(engine: Engine, run_id: str, agents: tuple[str, ...]) -> dict[str, Any]:
+    """Those steps' checks (JSON), in one read; a step without any is absent."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Step.agent, Step.checks_json).where(
+                col(Step.run_id) == run_id, col(Step.agent).in_(agents)
+            )
+        ).all()
+    return {agent: json.loads(found) for agent, found in rows if found}
 
 
 def save_checks(

@@ -20,6 +20,7 @@ import dataclasses
 import re
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -59,7 +60,6 @@ with workflow.unsafe.imports_passed_through():
         StepSummary,
     )
     from records.statuses import AGENTS, TERMINAL, Approval
-    from workflows import legacy
 
 __all__ = ["AgentPipelineWorkflow", "PipelineInput", "PipelineResult", "StepRetry"]
 
@@ -104,11 +104,22 @@ AGENT_LOOP = "agent-loop"
 # Patch id: a raised budget is written to the run's row by the workflow (its one writer), no
 # longer by the API after the update returned.
 BUDGET_RECORDED_BY_WORKFLOW = "budget-recorded-by-workflow"
+# Patch id: the round of acceptance checks that ends an agent's loop closes its step (no
+# bookkeeping activity after it).
+CHECKS_CLOSE_STEP = "checks-close-step"
 BUDGET_WARNINGS = (50, 80, 100)  # percent of budget: one structured warning each
 # The same tool call (same tool, same arguments) this many times in one agent's loop stops it.
 TOOL_REPEAT_LIMIT = 3
 # How long a call waits for a person's decision when the run does not say (APPROVAL_TIMEOUT_S).
 DEFAULT_APPROVAL_TIMEOUT = timedelta(hours=24)
+
+
+def _legacy() -> Any:
+    """`workflows/legacy.py`, imported by the runs that take it only: the sandbox imports a
+    workflow's modules afresh for every run, and its models cost a new run ~2 ms to build."""
+    from workflows import legacy
+
+    return legacy
 
 
 def _duration(span: timedelta) -> str:
@@ -228,7 +239,7 @@ class AgentPipelineWorkflow:
         self._legacy = not workflow.patched(AGENT_LOOP)
         try:
             if self._legacy:
-                await legacy.run_steps(self, inp)
+                await _legacy().run_steps(self, inp)
             else:
                 for agent in AGENTS:
                     await self._agent(agent, inp)
@@ -293,9 +304,11 @@ class AgentPipelineWorkflow:
                 continue
             if spec.output == Output.FILES and rounds > 0:
                 checked += 1
-                verdict = await self._checks(agent, inp, checked, rounds, turn)
+                verdict = await self._checks(agent, inp, checked, rounds, turn, max_turns)
                 if verdict.retry and turn < max_turns:
                     continue  # it was told what failed; its next turn repairs
+                if verdict.closed:
+                    return self._finished(agent, usage, verdict.output)
             break
         finished = await workflow.execute_local_activity_method(
             AgentActivities.finish,
@@ -387,14 +400,19 @@ class AgentPipelineWorkflow:
         return done
 
     async def _checks(
-        self, agent: str, inp: PipelineInput, round_no: int, rounds: int, turn: int
-    ) -> ChecksResult:
+        self, agent: str, inp: PipelineInput, round_no: int, rounds: int, turn: int,
+        max_turns: int,
+    ) -> ChecksResult:  # fmt: skip
+        ask = ChecksInput(
+            run_id=inp.run_id, agent=agent, round=round_no, rounds=rounds, turn=turn,
+            dry_run=inp.dry_run,
+        )  # fmt: skip
+        if workflow.patched(CHECKS_CLOSE_STEP):
+            ask.close, ask.last_turn = True, turn >= max_turns
+            ask.run_status = "COMPLETED" if agent == AGENTS[-1] else None
         return await workflow.execute_activity_method(  # type: ignore[no-any-return]
             AgentActivities.acceptance,
-            ChecksInput(
-                run_id=inp.run_id, agent=agent, round=round_no, rounds=rounds, turn=turn,
-                dry_run=inp.dry_run,
-            ),
+            ask,
             start_to_close_timeout=CHECKS_START_TO_CLOSE,
             heartbeat_timeout=LLM_HEARTBEAT_TIMEOUT,
             retry_policy=TOOL_RETRY,
@@ -557,7 +575,7 @@ class AgentPipelineWorkflow:
         # A local activity runs in the worker that holds the workflow task: no round trip
         # through the server, no extra workflow task. Runs of the old shape recorded before
         # that replay their regular activities (tests/histories/pipeline_*_v1.json).
-        if not self._legacy or workflow.patched(legacy.RECORD_RUN_LOCALLY):
+        if not self._legacy or workflow.patched(_legacy().RECORD_RUN_LOCALLY):
             await workflow.execute_local_activity_method(
                 AgentActivities.record_run,
                 update,
