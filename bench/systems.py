@@ -286,8 +286,7 @@ def report(rounds: list[dict[str, dict[str, float]]], systems: list[str]) -> str
                     for r in rounds if system in r and "floor" in r
                 )  # fmt: skip
                 ratios += (
-                    f"   paired {statistics.median(paired):.2f}x "
-                    f"({paired[0]:.2f}-{paired[-1]:.2f})"
+                    f"   paired {statistics.median(paired):.2f}x ({paired[0]:.2f}-{paired[-1]:.2f})"
                 )
                 lines.append(f"  {system:<14}{ratios}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,9 @@ def test_each_recorded_shape_is_what_its_name_says() -> None:
     # Today's runs are agent loops (agent_turn / agent_tool activities behind the agent-loop
     # patch); a run's RUNNING and COMPLETED ride on its first and last turns' own writes, other
     # statuses and closing a stopped step are local activities. The shapes before must keep
-    # replaying (the test above): *_v3 one activity per agent, statuses in steps; *_v2 two
-    # local record_run calls; *_v1 record_run as regular activities.
+    # replaying (the test above): *_v4 a local activity closing the Coder's step after its
+    # checks round; *_v3 one activity per agent, statuses in steps; *_v2 two local record_run
+    # calls; *_v1 record_run as regular activities.
     for path in HISTORIES:
         history = WorkflowHistory.from_json(path.stem, path.read_text())
         scheduled = [
@@ -63,6 +65,8 @@ def test_each_recorded_shape_is_what_its_name_says() -> None:
             if e.HasField("marker_recorded_event_attributes")
         ]
         local = markers.count("core_local_activity")
+        # The patch ids are stored base64-encoded in the markers' details.
+        closes = base64.b64encode(b"checks-close-step").decode().rstrip("=") in path.read_text()
         if path.stem.endswith("_v1"):
             assert "record_run" in scheduled and local == 0
         elif path.stem.endswith("_v2"):
@@ -72,3 +76,5 @@ def test_each_recorded_shape_is_what_its_name_says() -> None:
         else:
             assert scheduled[:3] == ["agent_turn", "agent_tool", "agent_turn"], scheduled
             assert "record_run" not in scheduled and "core_patch" in markers, path.stem
+            if "agent_checks" in scheduled:  # its round closed the step, or a local activity did
+                assert closes == (not path.stem.endswith("_v4")) and local == int(not closes)
