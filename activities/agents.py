@@ -345,12 +345,12 @@ class AgentActivities:
             store.turn_state, inp.run_id, inp.agent, inp.turn,
             artifacts=agent.output == Output.ANSWER,
         )  # fmt: skip
-        recorded, history = state.recorded, state.history
+        recorded = state.recorded
         if recorded is not None and recorded[0].status == StepStatus.COMPLETED:
             # Its answer is recorded (the result never reached Temporal, or a retry after the
             # settle): it is the checkpoint — return it, never call the model again.
             return await self._from_record(inp, *recorded)
-        messages = self._conversation(inp, agent, history, state)
+        messages = self._conversation(inp, agent, state)
         ask = ModelCall(
             model=agent.model or model_for(self._settings, inp.agent),
             messages=messages,
@@ -376,7 +376,7 @@ class AgentActivities:
         attempt = activity.info().attempt  # the settle runs in a database thread
 
         def settle(response: LLMResponse, cost: Decimal) -> Callable[[Connection], None]:
-            decision = answers.decide(agent, inp, response, history, self._llm.name, suffix)
+            decision = answers.decide(agent, inp, response, state.history, self._llm.name, suffix)
             decided.append(decision)
             return functools.partial(self._settled, inp, response, cost, attempt, decision)
 
@@ -466,13 +466,12 @@ class AgentActivities:
         self,
         inp: TurnInput,
         agent: AgentSpec,
-        history: list[tuple[Turn, list[ToolCall]]],
         state: store.TurnState,
     ) -> list[dict[str, Any]]:
         """The agent's instructions and task, then its turns so far with their tool results."""
         context = state.context
         if agent.output == Output.ANSWER:
-            context["checks"] = checks.describe(state.checks)
+            context = {**context, "checks": checks.describe(state.checks)}
         prompt = render(
             agent.prompt, query=inp.query, research=context.get("researcher", ""),
             plan=context.get("planner", ""), architecture=context.get("executor", ""),
@@ -484,7 +483,7 @@ class AgentActivities:
             {"role": "system", "content": prompt.system},
             {"role": "user", "content": prompt.user},
         ]
-        for turn, calls in history:
+        for turn, calls in state.history:
             messages.append(json.loads(turn.message_json or "{}") | {"role": "assistant"})
             asked = {c["id"] for c in messages[-1].get("tool_calls") or []}
             for call in calls:
@@ -495,7 +494,7 @@ class AgentActivities:
                     )  # fmt: skip
             if turn.feedback:
                 messages.append({"role": "user", "content": turn.feedback})
-        if inp.last_turn and history:
+        if inp.last_turn and state.history:
             messages.append({"role": "user", "content": LAST_TURN_NOTE})
         return messages
 

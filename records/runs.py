@@ -105,8 +105,9 @@ _OUTPUTS = select(col(Step.agent), col(Step.output)).where(
     col(Step.run_id) == bindparam("p_run_id"), col(Step.status) == "COMPLETED"
 )
 _ARTIFACTS = select(col(Artifact.path)).where(col(Artifact.run_id) == bindparam("p_run_id"))
-_CODER_CHECKS = select(col(Step.checks_json)).where(
-    col(Step.run_id) == bindparam("p_run_id"), col(Step.agent) == "coder"
+_CHECKS = select(col(Step.agent), col(Step.checks_json)).where(
+    col(Step.run_id) == bindparam("p_run_id"),
+    col(Step.agent).in_(bindparam("p_agents", expanding=True)),
 )
 
 
@@ -116,6 +117,12 @@ def _context_in(conn: Connection, run_id: str, artifacts: bool) -> dict[str, str
         paths = sorted(p for (p,) in conn.execute(_ARTIFACTS, {"p_run_id": run_id}))
         found["artifacts"] = "\n".join(f"- {p}" for p in paths) or "(none)"
     return found
+
+
+def _checks_in(conn: Connection, run_id: str, agents: tuple[str, ...]) -> dict[str, Any]:
+    """Those steps' checks (JSON) by agent; a step without any is absent."""
+    rows = conn.execute(_CHECKS, {"p_run_id": run_id, "p_agents": list(agents)})
+    return {agent: json.loads(found) for agent, found in rows if found}
 
 
 def update_run(engine: Engine, run_id: str, *, event_key: str | None = None, **fields: Any) -> None:
@@ -377,32 +384,25 @@ def turn_settled_in(conn: Connection, record: TurnRecord) -> None:
     events.emit_in(conn, record.run_id, f"turn:{record.agent}:{record.turn}", events.TURN, data)
 
 
-# Built once, executed with parameters: a turn reads these before every model call.
+# Built once, executed with parameters: a turn reads these before every model call (its own
+# record and the turns before it in one query, their tool calls in another), a tool call reads
+# its record before it runs. Read as rows, not through an ORM session (`_models`): measured
+# with `bench.systems --tools 3`, the session was half of a turn's read and most of a claim.
+_MINE = (col(Turn.run_id) == bindparam("p_run_id")) & (col(Turn.agent) == bindparam("p_agent"))
 _CALLS_OF = (col(ToolCall.run_id) == bindparam("p_run_id")) & (
     col(ToolCall.agent) == bindparam("p_agent")
 )
 _TURNS = Turn.__table__  # type: ignore[attr-defined]
 _CALLS = ToolCall.__table__  # type: ignore[attr-defined]
-# Built once, executed with parameters: a turn reads these before every model call (its own
-# record and the turns before it in one query, their tool calls in another), a tool call reads
-# its record before it runs. Read as rows, not through an ORM session (`_models`): measured
-# with `bench.systems --tools 3`, the session was half of a turn's read and most of a claim.
 _TURNS_UPTO = (
-    sa_select(_TURNS)
-    .where(_TURNS.c.run_id == bindparam("p_run_id"), _TURNS.c.agent == bindparam("p_agent"),
-           _TURNS.c.turn <= bindparam("p_turn"))
-    .order_by(_TURNS.c.turn)
-)  # fmt: skip
+    sa_select(_TURNS).where(_MINE, _TURNS.c.turn <= bindparam("p_turn")).order_by(_TURNS.c.turn)
+)
 _CALLS_UPTO = (
     sa_select(_CALLS)
-    .where(_CALLS.c.run_id == bindparam("p_run_id"), _CALLS.c.agent == bindparam("p_agent"),
-           _CALLS.c.turn <= bindparam("p_turn"))
+    .where(_CALLS_OF, _CALLS.c.turn <= bindparam("p_turn"))
     .order_by(_CALLS.c.turn, _CALLS.c.seq)
-)  # fmt: skip
-_THE_CALL = sa_select(_CALLS).where(
-    _CALLS.c.run_id == bindparam("p_run_id"), _CALLS.c.agent == bindparam("p_agent"),
-    _CALLS.c.call_id == bindparam("p_call_id"),
-)  # fmt: skip
+)
+_THE_CALL = sa_select(_CALLS).where(_CALLS_OF, _CALLS.c.call_id == bindparam("p_call_id"))
 
 
 def _models(conn: Connection, statement: Any, params: dict[str, Any], model: type[M]) -> list[M]:
@@ -444,10 +444,7 @@ def turn_state(
         history = [
             (t, calls.get(t.turn, [])) for t in turns if t.turn < turn and t.status == "COMPLETED"
         ]
-        checks = None
-        if artifacts:
-            found = conn.execute(_CODER_CHECKS, {"p_run_id": run_id}).scalar()
-            checks = json.loads(found) if found else None
+        checks = _checks_in(conn, run_id, ("coder",)).get("coder") if artifacts else None
         return TurnState(recorded, history, _context_in(conn, run_id, artifacts), checks)
 
 
@@ -585,7 +582,6 @@ def step_usage_in(conn: Connection, run_id: str, agent: str, **fields: Any) -> N
 
 
 # Built once (constructing it was a tenth of a turn's database time, bench --tools 3).
-_MINE = (col(Turn.run_id) == bindparam("p_run_id")) & (col(Turn.agent) == bindparam("p_agent"))
 _STEP_SUMS = (
     update(Step)
     .where(col(Step.run_id) == bindparam("p_run_id"), col(Step.agent) == bindparam("p_agent"))
@@ -661,22 +657,13 @@ def files_output(paths: list[str], answer: str) -> str:
 
 def checks_of(engine: Engine, run_id: str, agent: str) -> Any:
     """A step's checks (JSON): the Executor's commands, or the Coder's results of running them."""
-    with Session(engine) as session:
-        row = session.exec(
-            select(Step.checks_json).where(Step.run_id == run_id, Step.agent == agent)
-        ).first()
-    return json.loads(row) if row else None
+    return checks_of_steps(engine, run_id, (agent,)).get(agent)
 
 
 def checks_of_steps(engine: Engine, run_id: str, agents: tuple[str, ...]) -> dict[str, Any]:
     """Those steps' checks (JSON), in one read; a step without any is absent."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(Step.agent, Step.checks_json).where(
-                col(Step.run_id) == run_id, col(Step.agent).in_(agents)
-            )
-        ).all()
-    return {agent: json.loads(found) for agent, found in rows if found}
+        return _checks_in(conn, run_id, agents)
 
 
 def save_checks(
