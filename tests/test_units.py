@@ -276,7 +276,7 @@ def test_the_tree_declares_the_records_interface_it_is_written_for() -> None:
 
 
 def _turn_input(agent: str = "researcher", turn: int = 1, last: bool = False) -> Any:
-    from activities.agents import TurnInput
+    from activities.contract import TurnInput
 
     return TurnInput(run_id="r", query="q", agent=agent, turn=turn, last_turn=last)
 

@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.agents import (
+from activities.contract import (
     CallRef,
     ChecksInput,
     ChecksResult,

@@ -32,8 +32,8 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from activities.agents import (
-        AgentActivities,
+    from activities.agents import AgentActivities
+    from activities.contract import (
         ApprovalAsk,
         ApprovalDone,
         CallRef,
