@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from dashboard import render
 from dashboard.sessions import Viewer
-from services.runs import url_path
+from services.run_views import url_path
 
 HERE = Path(__file__).parent
 # Only this origin's scripts, styles and images; no inline script, no frames, forms post here.

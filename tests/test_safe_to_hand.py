@@ -20,7 +20,7 @@ from cli.server import create_app
 from crewline.settings import Settings
 from dashboard import render
 from records.ledger import calls_of
-from services.runs import url_path
+from services.run_views import url_path
 from tests.conftest import ADMIN_KEY, assert_eventually, serving, start_pipeline
 from tests.fakes import FakeGroq, Reply
 

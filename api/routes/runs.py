@@ -39,7 +39,7 @@ from services.models import (
     RunOut,
     RunPage,
 )
-from services.runs import RunQuery
+from services.run_views import RunQuery
 
 router = APIRouter(prefix="/runs", tags=["runs"], responses=AUTH_RESPONSES)
 

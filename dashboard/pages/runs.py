@@ -33,7 +33,7 @@ from records.statuses import AGENTS, TERMINAL, RunStatus
 from services import Services, ServicesDep
 from services.events import Subscription, resume_after
 from services.models import ApprovalIn, BudgetRaiseIn, RunCreate
-from services.runs import RunQuery
+from services.run_views import RunQuery
 
 router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(page_scope)])
 ViewerDep = Annotated[Viewer, Depends(viewer)]
