@@ -284,29 +284,50 @@ OPENERS = [
     "My recommendation: {pick}.",
     "For your team, {pick} fits best.",
     "Pick {pick} for the mobile app.",
+    "I would build it with {pick}.",
+    "{pick} suits this project best.",
+    "The framework to use here is {pick}.",
 ]
-REASONS = {  # each point in two wordings: a model does not repeat its sentences verbatim
+# Each point in three wordings, and an answer sometimes ends with a closing line: a model does
+# not repeat its sentences verbatim. (With two wordings and no closing line, about 1 pair in
+# 2,500 was the other answer with one bullet cut, every other line verbatim — an edit, which the
+# detector rightly reads as a dropped step.)
+REASONS = {
     "React Native": [
         ("Your developers already write JavaScript, so there is little to learn.",
-         "The team knows JavaScript already, which keeps the learning curve flat."),
+         "The team knows JavaScript already, which keeps the learning curve flat.",
+         "Existing JavaScript skills carry straight over."),
         ("One codebase ships to both iOS and Android.",
-         "A single codebase covers iOS and Android alike."),
+         "A single codebase covers iOS and Android alike.",
+         "You maintain one app for both platforms."),
         ("Expo makes the first builds and over-the-air updates simple.",
-         "With Expo, early builds and OTA updates take minutes."),
+         "With Expo, early builds and OTA updates take minutes.",
+         "Expo handles builds and pushes updates without a store release."),
         ("The ecosystem of libraries is large and mature.",
-         "There is a big, mature library ecosystem to draw on."),
+         "There is a big, mature library ecosystem to draw on.",
+         "Most features you need already exist as well-kept packages."),
     ],
     "Flutter": [
         ("Dart is quick to learn and the widgets render the same on every device.",
-         "Dart is easy to pick up, and widgets look identical on every device."),
+         "Dart is easy to pick up, and widgets look identical on every device.",
+         "Its widgets draw every pixel themselves, so screens match across devices."),
         ("One codebase ships to both iOS and Android.",
-         "A single codebase covers iOS and Android alike."),
+         "A single codebase covers iOS and Android alike.",
+         "You maintain one app for both platforms."),
         ("Hot reload keeps the design loop short.",
-         "Hot reload makes design iterations fast."),
+         "Hot reload makes design iterations fast.",
+         "Changes show up on the device in about a second while you work."),
         ("Google maintains it and the tooling is solid.",
-         "It is backed by Google, with solid tooling."),
+         "It is backed by Google, with solid tooling.",
+         "The SDK, debugger and profiler come from one well-funded team."),
     ],
 }  # fmt: skip
+CLOSINGS = [
+    "",
+    "Happy to sketch the first screens next.",
+    "Start with a small prototype to confirm it.",
+    "Revisit the choice if the team changes.",
+]
 
 
 def resampling_model(agent: str, body: dict[str, Any]) -> str | None:
@@ -322,7 +343,9 @@ def resampling_model(agent: str, body: dict[str, Any]) -> str | None:
     rng = random.Random()  # unseeded: every answer is another generation
     reasons = [rng.choice(r) for r in rng.sample(REASONS[pick], k=rng.randint(2, 4))]
     tail = "\n".join(f"- {r}" for r in reasons) if rng.random() < 0.5 else " ".join(reasons)
-    return rng.choice(OPENERS).format(pick=pick) + "\n\n" + tail
+    closing = rng.choice(CLOSINGS)
+    answer = rng.choice(OPENERS).format(pick=pick) + "\n\n" + tail
+    return answer + "\n\n" + closing if closing else answer
 
 
 async def test_walkthrough_rewording_stays_quiet_a_flip_alerts(
